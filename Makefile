@@ -1,0 +1,25 @@
+# Two commands on a fresh machine (each creates or refreshes .venv first; quick when nothing changed):
+#   make run    the main job on the embedded default (recipes/tiny_cpu.yaml)
+#   make test   the default test suite (CPU, no download)
+VENV ?= .venv
+RECIPE ?= recipes/tiny_cpu.yaml
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
+export VLLM_CPU_KVCACHE_SPACE ?= 1
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: venv run test bench lint
+venv:
+	@./scripts/setup_venv.sh
+
+run: venv
+	$(VENV)/bin/awares-rl run $(RECIPE)
+
+test: venv
+	$(VENV)/bin/python -m pytest -q -m "not gpu" tests
+
+bench: venv
+	$(VENV)/bin/python bench/bench_episodes.py
+
+lint: venv
+	$(VENV)/bin/ruff check .

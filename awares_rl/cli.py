@@ -1,0 +1,60 @@
+"""The ``awares-rl`` command: one sub-command per stage of the pipeline."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def _add_recipe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--recipe", default="recipes/tiny_cpu.yaml", help="recipe YAML")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. rollout.group_size=4")
+
+
+def _episodes(args: argparse.Namespace) -> int:
+    from awares_rl.commands.episodes import run_episodes
+
+    return run_episodes(args.recipe, args.overrides, n=args.n, checkpoint=args.checkpoint,
+                        group_size=args.group_size, split=args.split)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="awares-rl", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("episodes", help="run AwaRes episodes and print them as a table")
+    _add_recipe_args(p)
+    p.add_argument("--n", type=int, default=16, help="number of samples")
+    p.add_argument("--group-size", type=int, default=1, help="episodes per sample")
+    p.add_argument("--split", default="val", help="data split to draw samples from")
+    p.add_argument("--checkpoint", default=None, help="model dir (default: the run's latest stage)")
+    p.set_defaults(func=_episodes)
+
+    for module, adder in (("data_pipeline.cli", "add_data_parsers"), ("reward.cli", "add_serve_reward_parser"),
+                          ("awares_rl.pretrain", "add_pretrain_parser")):
+        try:
+            mod = __import__(module, fromlist=[adder])
+        except ImportError:
+            continue
+        if hasattr(mod, adder):
+            getattr(mod, adder)(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from awares_rl.config_io import ConfigError
+
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as e:
+        print(f"awares-rl: config error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

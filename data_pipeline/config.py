@@ -1,0 +1,137 @@
+"""Configuration of the synthetic high-res benchmark (``SynthConfig``).
+
+The embedded default is sized for the tiny CPU recipe: image sides 448-672 px (low-res view
+224-336 px, i.e. 64-144 visual tokens; full res 256-576), so that pretraining the tiny model fits
+in minutes on 2 cores. GPU recipes raise ``max_side`` towards the paper's ~1344 px.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+# The detail families the generator knows. "pattern" has a small tier (1-px texture that a 0.5
+# downscale averages to a flat tint) and a large tier (4-px cells that survive it); "shape" and
+# "count" are large-only by default; "digit" is the optional OCR-like tier (small digits).
+FAMILIES = ("pattern", "shape", "count", "digit")
+SMALL_TIER_FAMILIES = ("pattern", "digit")
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Knobs of the synthetic benchmark; every field is validated in ``__post_init__``."""
+
+    min_side: int = 448  # smallest image side (px); a multiple of side_step
+    max_side: int = 672  # largest image side (px); both sides drawn independently (aspect varies)
+    # Sides are multiples of 56 so that the full image, its 0.5 low-res view and every crop of the
+    # crop set are multiples of 28 px: the Qwen2.5-VL processor then never resamples them, and a
+    # 1-px texture reaches the vision tower intact at full resolution.
+    side_step: int = 56
+    small_detail_share: float = 0.22  # share of questions whose detail is too small for low res
+    pattern_weight: float = 0.55  # relative weight of "pattern" questions (texture of a swatch)
+    shape_weight: float = 0.45  # relative weight of "shape" questions (large mark)
+    count_weight: float = 0.0  # relative weight of "count" questions (1-4 large dots)
+    digit_weight: float = 0.0  # relative weight of the OCR-like "digit" tier (off by default)
+    panel_min_frac: float = 0.62  # panel side as a fraction of its quadrant side, lower bound
+    panel_max_frac: float = 0.9  # ... upper bound (panels always lie inside one quadrant)
+    swatch_inset_min: int = 8  # px of plain panel colour around a texture swatch, lower bound
+    swatch_inset_max: int = 20  # ... upper bound (the swatch fills the rest of the panel, so the
+    #                              detail covers many visual tokens: fast to learn)
+    large_cell: int = 4  # texture cell (px) of large-tier patterns; >= 2 survives a 0.5 downscale
+    edge_taper: int = 3  # px over which a small texture fades to its mean at the swatch border,
+    #                      so that the border of the low-res view leaks no orientation
+    shape_min_frac: float = 0.45  # side of a shape mark as a fraction of its panel's short side
+    shape_max_frac: float = 0.75  # ... upper bound
+    dot_size: int = 22  # diameter of a dot in "count" questions (px)
+    max_count: int = 4  # counts are drawn from 1..max_count
+    digit_small_px: int = 9  # glyph height of a small digit (px); unreadable at 0.5
+    digit_large_px: int = 44  # glyph height of a large digit (px)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, (int, float)) and value < 0:
+                raise ValueError(f"SynthConfig.{f.name} = {value} must be >= 0")
+        self._check_sizes()
+        self._check_weights()
+        self._check_details()
+
+    def _check_sizes(self) -> None:
+        if self.side_step <= 0 or self.side_step % 56:
+            raise ValueError(
+                f"SynthConfig.side_step = {self.side_step} must be a positive multiple of 56 so "
+                "that the low-res view and the crops stay multiples of 28 px; use 56"
+            )
+        for name in ("min_side", "max_side"):
+            value = getattr(self, name)
+            if value % self.side_step or value < 224:
+                raise ValueError(
+                    f"SynthConfig.{name} = {value} must be a multiple of side_step "
+                    f"({self.side_step}) and >= 224; e.g. 448 or 672"
+                )
+        if self.min_side > self.max_side:
+            raise ValueError(
+                f"SynthConfig.min_side ({self.min_side}) > max_side ({self.max_side}): swap them"
+            )
+        if not 0.3 <= self.panel_min_frac <= self.panel_max_frac <= 0.95:
+            raise ValueError(
+                "SynthConfig.panel_min_frac / panel_max_frac must satisfy 0.3 <= min <= max <= "
+                f"0.95 (panels must fit inside a quadrant); got {self.panel_min_frac}, "
+                f"{self.panel_max_frac}"
+            )
+
+    def _check_weights(self) -> None:
+        if not 0.0 <= self.small_detail_share <= 1.0:
+            raise ValueError(
+                f"SynthConfig.small_detail_share = {self.small_detail_share} must be in [0, 1]"
+            )
+        if sum(self.family_weights().values()) <= 0:
+            raise ValueError(
+                "SynthConfig: all of pattern_weight, shape_weight, count_weight, digit_weight are "
+                "0; give at least one family a positive weight"
+            )
+        if self.small_detail_share > 0 and not any(
+            self.family_weights()[f] > 0 for f in SMALL_TIER_FAMILIES
+        ):
+            raise ValueError(
+                f"SynthConfig.small_detail_share = {self.small_detail_share} > 0 needs a family "
+                f"with a small tier ({', '.join(SMALL_TIER_FAMILIES)}) to have a positive weight; "
+                "set pattern_weight > 0 or small_detail_share = 0"
+            )
+
+    def _check_details(self) -> None:
+        smallest_panel = int(self.min_side / 2 * self.panel_min_frac)
+        if not 2 <= self.swatch_inset_min <= self.swatch_inset_max <= smallest_panel // 4:
+            raise ValueError(
+                "SynthConfig.swatch_inset_min / swatch_inset_max must satisfy 2 <= min <= max <= "
+                f"{smallest_panel // 4} (a quarter of the smallest panel); got "
+                f"{self.swatch_inset_min}, {self.swatch_inset_max}"
+            )
+        if not 0.2 <= self.shape_min_frac <= self.shape_max_frac <= 0.85:
+            raise ValueError(
+                "SynthConfig.shape_min_frac / shape_max_frac must satisfy 0.2 <= min <= max <= "
+                f"0.85; got {self.shape_min_frac}, {self.shape_max_frac}"
+            )
+        if self.large_cell < 2:
+            raise ValueError(
+                f"SynthConfig.large_cell = {self.large_cell} must be >= 2, or large patterns "
+                "vanish at low res too; use 4"
+            )
+        if self.max_count < 1 or self.max_count * (self.dot_size + 6) > smallest_panel:
+            raise ValueError(
+                f"SynthConfig.max_count = {self.max_count} dots of {self.dot_size} px must fit a "
+                f"{smallest_panel} px panel; lower max_count or dot_size"
+            )
+        if self.edge_taper * 4 >= smallest_panel - 2 * self.swatch_inset_max:
+            raise ValueError(
+                f"SynthConfig.edge_taper = {self.edge_taper} leaves little full-contrast texture; "
+                "lower it (3 is the default)"
+            )
+
+    def family_weights(self) -> dict[str, float]:
+        """Relative weight of each family (zero-weight families are never drawn)."""
+        return {
+            "pattern": self.pattern_weight,
+            "shape": self.shape_weight,
+            "count": self.count_weight,
+            "digit": self.digit_weight,
+        }

@@ -1,0 +1,98 @@
+"""Shared fixtures: a tiny Qwen2.5-VL built in-process, and one taught to use the crop tool."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import awares_rl  # noqa: F401  (torchvision compat before transformers)
+from awares_rl.crops import cut_crops, low_res_view
+from awares_rl.models.tiny import TinyModelConfig, build_tiny
+from awares_rl.tokens import (
+    assistant_ids,
+    crops_turn_ids,
+    expand_image_tokens,
+    first_turn_ids,
+    image_token_counts,
+)
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+torch.set_num_threads(1)
+
+TOOL_Q = "what is in the red panel?"
+DIRECT_Q = "what colour is the image?"
+
+
+def episode_inputs() -> list[tuple[str, Image.Image]]:
+    """(question, image) pairs the tool model was taught: tool, direct, tool, direct."""
+    qs = [TOOL_Q, DIRECT_Q, TOOL_Q, DIRECT_Q]
+    return [(q, make_image(i, (448, 448 + 56 * i))) for i, q in enumerate(qs)]
+
+
+def make_image(seed: int, size: tuple[int, int] = (448, 448)) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+
+
+def _conversation(processor, image, question, turn1, crops=None, turn2=None):
+    tok = processor.tokenizer
+    low = low_res_view(image)
+    ids, labels, images = first_turn_ids(tok, question), None, [low]
+    labels = [-100] * len(ids)
+    a1 = assistant_ids(tok, turn1)
+    ids, labels = ids + a1, labels + a1
+    if crops:
+        s2 = crops_turn_ids(tok, crops)
+        a2 = assistant_ids(tok, turn2)
+        ids, labels = ids + s2 + a2, labels + [-100] * len(s2) + a2
+        images += cut_crops(image, crops)
+    image_id = tok.convert_tokens_to_ids("<|image_pad|>")
+    counts = image_token_counts(processor.image_processor, images)
+    exp_ids = expand_image_tokens(ids, image_id, counts)
+    exp_labels = expand_image_tokens([-1 if t == image_id else lab for t, lab in zip(ids, labels)], -1, counts)
+    exp_labels = [-100 if v == -1 else v for v in exp_labels]
+    vision = processor.image_processor(images=images, return_tensors="pt")
+    input_ids = torch.tensor([exp_ids])
+    return dict(input_ids=input_ids, labels=torch.tensor([exp_labels]),
+                mm_token_type_ids=(input_ids == image_id).long(), **vision)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    """An untrained tiny Qwen2.5-VL saved to disk."""
+    model, processor = build_tiny(TinyModelConfig(seed=0), [TOOL_Q, DIRECT_Q, "blue", "red"])
+    out = tmp_path_factory.mktemp("tiny")
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tool_model_dir(tmp_path_factory) -> Path:
+    """A tiny model overfit (a few seconds) to: TOOL_Q -> GET_CROPS: ['0','4'] -> "red";
+    DIRECT_Q -> "blue". Real weights, so engines can be compared on real 2-turn episodes."""
+    model, processor = build_tiny(TinyModelConfig(seed=1), [TOOL_Q, DIRECT_Q, "blue", "red"])
+    model.train()
+    batches = [
+        _conversation(processor, im, q, "GET_CROPS: ['0','4']", [0, 4], "red") if q == TOOL_Q
+        else _conversation(processor, im, q, "blue")
+        for q, im in episode_inputs()
+    ]
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(50):
+        for batch in batches:
+            model(**batch).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+    out = tmp_path_factory.mktemp("tool_model")
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out

