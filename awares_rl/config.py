@@ -9,6 +9,7 @@ from typing import Literal
 from awares_rl.config_io import ConfigError, load_yaml
 from awares_rl.models.tiny import TinyModelConfig
 from data_pipeline.config import SynthConfig
+from reward.config import RewardConfig
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,7 @@ class RecipeConfig:
     data: DataConfig = field(default_factory=DataConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 

@@ -1,0 +1,19 @@
+"""The AwaRes reward: R = w_ans * R_ans - C_tool + format, judged locally, on Ray or over HTTP."""
+
+from reward.config import RewardConfig
+from reward.crop_cost import compose_reward, crop_cost, format_reward
+from reward.judges import BENCHMARK_JUDGES, JUDGES, get_judge
+from reward.scoring import RewardRequest, score_episodes, score_requests
+
+__all__ = [
+    "BENCHMARK_JUDGES",
+    "JUDGES",
+    "RewardConfig",
+    "RewardRequest",
+    "compose_reward",
+    "crop_cost",
+    "format_reward",
+    "get_judge",
+    "score_episodes",
+    "score_requests",
+]

@@ -1,0 +1,128 @@
+"""HTTP client for the reward service: bounded retries with exponential backoff, clear errors.
+
+    with RewardClient("http://127.0.0.1:8008") as client:   # token from $AWARES_REWARD_TOKEN
+        parts = client.score_episodes(episodes)
+
+Network errors and 429/502/503 are retried ``max_retries`` times (waits ``backoff_s * 2**k``,
+capped at 8x); 401/403/413/422/500/504 are not (the same request would fail again) and raise
+:class:`RewardClientError` saying what to change.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from typing import Any
+
+import httpx
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+from awares_rl.episode import Episode, RewardParts
+from reward.scoring import RewardRequest
+
+RETRY_STATUS = frozenset({429, 502, 503})
+_HINTS = {
+    401: "the server wants a bearer token: set AWARES_REWARD_TOKEN (or pass token=)",
+    403: "the server refused the token: use the token the server was started with",
+    413: "the request body is too large: send fewer items a request",
+    422: "the request does not match the schema",
+    504: "scoring timed out on the server: send fewer items or raise reward.request_timeout_s",
+}
+
+
+class RewardClientError(RuntimeError):
+    """The reward service refused or failed a request; ``status`` is the HTTP status (0: none)."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _retryable(exc: BaseException) -> bool:
+    if isinstance(exc, httpx.HTTPStatusError):
+        return exc.response.status_code in RETRY_STATUS
+    return isinstance(exc, httpx.TransportError)
+
+
+def _error(exc: httpx.HTTPError, url: str, attempts: int) -> RewardClientError:
+    if isinstance(exc, httpx.HTTPStatusError):
+        status = exc.response.status_code
+        try:
+            detail = exc.response.json().get("detail")
+        except ValueError:
+            detail = exc.response.text[:500]
+        hint = _HINTS.get(status, "see the reward service's log")
+        return RewardClientError(f"{url} -> HTTP {status}: {hint}; server said: {detail}", status)
+    return RewardClientError(
+        f"{url} unreachable after {attempts} attempt(s) ({type(exc).__name__}: {exc}); is "
+        "`awares-rl serve-reward` running there?"
+    )
+
+
+class RewardClient:
+    """Talks to ``awares-rl serve-reward``."""
+
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8008",
+        token: str | None = None,
+        token_env: str = "AWARES_REWARD_TOKEN",
+        timeout_s: float = 60.0,
+        max_retries: int = 3,
+        backoff_s: float = 0.5,
+    ) -> None:
+        token = token or os.environ.get(token_env)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.base_url = base_url.rstrip("/")
+        self.http = httpx.Client(base_url=self.base_url, timeout=timeout_s, headers=headers)
+        self.attempts, self.backoff_s = max_retries + 1, backoff_s
+
+    def _request(self, method: str, path: str, body: dict | None = None) -> Any:
+        def once() -> Any:
+            r = self.http.request(method, path, json=body)
+            r.raise_for_status()
+            return r.json()
+
+        retrying = Retrying(
+            stop=stop_after_attempt(self.attempts),
+            wait=wait_exponential(multiplier=self.backoff_s, max=8 * self.backoff_s),
+            retry=retry_if_exception(_retryable),
+            reraise=True,
+        )
+        try:
+            return retrying(once)
+        except httpx.HTTPError as e:
+            raise _error(e, self.base_url + path, self.attempts) from e
+
+    def health(self) -> dict:
+        return self._request("GET", "/health")
+
+    def score(self, items: Sequence[RewardRequest | Mapping]) -> list[RewardParts]:
+        """RewardParts for each item (RewardRequest or a dict of its fields), in order."""
+        payload = [asdict(i) if isinstance(i, RewardRequest) else dict(i) for i in items]
+        results = self._request("POST", "/score", {"items": payload})["results"]
+        return [RewardParts(**r) for r in results]
+
+    def score_episodes(self, episodes: Sequence[Episode]) -> list[RewardParts]:
+        """Score episodes remotely and set each ``ep.reward``."""
+        parts = self.score([RewardRequest.from_episode(ep) for ep in episodes])
+        for ep, p in zip(episodes, parts, strict=True):
+            ep.reward = p
+        return parts
+
+    def openrlhf(
+        self, query: Sequence[str], prompts: Sequence[str] | None, labels: Sequence[object]
+    ) -> dict:
+        """The OpenRLHF remote-reward call: ``{"rewards", "scores", "extra_logs"}``."""
+        body = {"query": list(query), "prompts": None if prompts is None else list(prompts)}
+        return self._request("POST", "/openrlhf", body | {"labels": list(labels)})
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> RewardClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,105 @@
+"""RewardConfig: the judge, the crop-cost weights, the workers and the HTTP front, validated.
+
+R = w_ans * R_ans - C_tool + format, with C_tool = alpha_miss | alpha_use + lam * |C| | 0
+(see reward/crop_cost.py). The paper publishes no alpha/lambda values; the defaults are ours:
+
+- ``alpha_miss = 0.5``: a needed crop that was skipped costs half a perfect answer. The semantic
+  judge gives wrong-but-similar answers partial credit (cosine ~0.3-0.7), so the penalty must be
+  large enough that answering a small-text question from the low-res view never pays.
+- ``alpha_use = 0.05``, ``lam = 0.05``: one crop costs 0.10, two 0.15. Small against R_ans, so a
+  needed crop is always worth it, but not zero, so a policy that could answer from the low-res
+  view learns not to look (the paper's 72% no-crop after GRPO). Asymmetry is enforced:
+  ``alpha_miss > alpha_use + lam`` (missing costs more than one unneeded crop).
+- ``format_penalty = -0.5``: a malformed GET_CROPS turn is worse than any well-formed choice
+  short of a needed-but-missed crop; it adds to C_tool (no crop was taken).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from reward.judges import JUDGES
+from reward.llm_judge import DEFAULT_PROMPT
+
+_DEFAULT_TOKEN_ENV = "AWARES_REWARD_TOKEN"
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """How answers are judged and crops are charged, and how the service runs."""
+
+    judge: str = "embedding_cosine"  # judge for samples whose metric has no entry in metric_judges
+    # sample metric -> judge name, e.g. {"anls": "anls", "semantic": "embedding_cosine"}; empty =
+    # the paper's reward (one judge for every sample). reward.judges.BENCHMARK_JUDGES has them all.
+    metric_judges: dict[str, str] = field(default_factory=dict)
+    w_ans: float = 1.0  # weight of R_ans
+    alpha_miss: float = 0.5  # cost of answering without a crop when the sample needed high res
+    alpha_use: float = 0.05  # fixed cost of calling GET_CROPS at all
+    lam: float = 0.05  # cost per crop requested
+    format_penalty: float = -0.5  # added (<= 0) when turn 1 was a malformed GET_CROPS call
+    embedding_model: str | None = None  # local sentence-transformers dir; None = packaged MiniLM
+    llm_base_url: str = "http://127.0.0.1:8000/v1"  # OpenAI-compatible endpoint (with /v1)
+    llm_model: str = ""  # served model name; "" = the endpoint's first /v1/models entry
+    llm_api_key_env: str | None = "OPENAI_API_KEY"  # env var holding the key (unset = no key)
+    llm_prompt_template: str = DEFAULT_PROMPT  # needs {prediction} and {references}
+    llm_timeout_s: float = 30.0  # per request try
+    llm_max_retries: int = 2  # retries after the first try (network errors, 429, 5xx)
+    llm_fallback: str | None = None  # judge used when the endpoint is down (None: raise)
+    num_workers: int = 1  # RewardService Ray actors in the pool
+    cpus_per_worker: float = 1.0  # CPUs each actor reserves (also its torch thread count)
+    batch_size: int = 256  # items per actor call and per embedding forward pass
+    host: str = "127.0.0.1"  # HTTP bind address (loopback unless you mean it)
+    port: int = 8008
+    token_env: str = _DEFAULT_TOKEN_ENV  # env var with the bearer token the HTTP front requires
+    max_body_bytes: int = 8 * 1024 * 1024  # larger request bodies get 413
+    request_timeout_s: float = 120.0  # scoring slower than this gets 504
+
+    def __post_init__(self) -> None:
+        for name in (
+            "w_ans",
+            "alpha_miss",
+            "alpha_use",
+            "lam",
+            "llm_timeout_s",
+            "request_timeout_s",
+        ):
+            self._require(getattr(self, name) >= 0, name, "must be >= 0")
+        self._require(self.format_penalty <= 0, "format_penalty", "must be <= 0 (it is a penalty)")
+        self._require(
+            self.alpha_miss > self.alpha_use + self.lam,
+            "alpha_miss",
+            f"must exceed alpha_use + lam = {self.alpha_use + self.lam:g} so that missing a needed "
+            "crop costs more than one unneeded crop; raise alpha_miss or lower alpha_use/lam",
+        )
+        self._check_judges()
+        for name in ("num_workers", "batch_size", "max_body_bytes"):
+            self._require(getattr(self, name) >= 1, name, "must be >= 1")
+        self._require(self.cpus_per_worker > 0, "cpus_per_worker", "must be > 0")
+        self._require(self.llm_max_retries >= 0, "llm_max_retries", "must be >= 0")
+        self._require(0 <= self.port <= 65535, "port", "must be in 0..65535")
+        self._require(bool(self.token_env), "token_env", "must name an environment variable")
+        try:
+            self.llm_prompt_template.format(prediction="p", references="r")
+        except (KeyError, IndexError, ValueError) as e:
+            message = f"may use only {{prediction}} and {{references}} (write other braces as {{{{ }}}}): {e!r}"
+            self._require(False, "llm_prompt_template", message)
+
+    def _check_judges(self) -> None:
+        known = f"choose one of {sorted(JUDGES)}"
+        self._require(self.judge in JUDGES, "judge", known)
+        for metric, name in self.metric_judges.items():
+            if name not in JUDGES:
+                raise ValueError(
+                    f"reward.metric_judges[{metric!r}]={name!r} is not a judge; {known}"
+                )
+        fallback = self.llm_fallback
+        ok = fallback is None or (fallback in JUDGES and fallback != "llm_judge")
+        self._require(ok, "llm_fallback", f"must be None or a local judge; {known}")
+
+    def _require(self, ok: bool, name: str, message: str) -> None:
+        if not ok:
+            raise ValueError(f"reward.{name}={getattr(self, name)!r}: {message}")
+
+    def judge_for(self, metric: str | None) -> str:
+        """The judge name for a sample whose metric is ``metric`` (the default when unmapped)."""
+        return self.metric_judges.get(metric or "", self.judge)

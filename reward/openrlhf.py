@@ -1,0 +1,122 @@
+"""OpenRLHF's remote-reward contract, mapped onto RewardRequest / RewardParts.
+
+OpenRLHF (``openrlhf/utils/agent.py``, 0.11) POSTs ``{"query": [...], "prompts": [...],
+"labels": [...]}`` where ``query[i]`` is the whole decoded conversation (special tokens kept),
+``prompts[i]`` the prompt it started from and ``labels[i]`` the dataset's label; it reads
+``{"rewards": [...], "scores": [...], "extra_logs": {name: [...]}}`` (lists aligned with
+``query``). Here ``rewards`` = R, ``scores`` = R_ans (in [0, 1], what OpenRLHF's dynamic filtering
+expects) and ``extra_logs`` carries the reward parts.
+
+The response turns are the assistant turns after the prompt (Qwen chat markup): turn 1 is either
+an answer or a GET_CROPS call; after a call, the last assistant turn is the final answer.
+A label is a plain answer string, a JSON list of answers, or a JSON object
+``{"answers": [...], "metric": "anls", "needs_high_res": true}`` (a dict when sent as JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+
+from awares_rl.episode import RewardParts
+from awares_rl.protocol import ToolCallError, parse_tool_call
+from reward.scoring import RewardRequest
+
+ASSISTANT = "<|im_start|>assistant"
+TURN_END = "<|im_end|>"
+_SPECIAL = re.compile(r"<\|[a-z_]+\|>")
+
+
+def _clean(turn: str) -> str:
+    return _SPECIAL.sub("", turn.split(TURN_END, 1)[0]).strip()
+
+
+def response_turns(query: str, prompt: str | None) -> list[str]:
+    """The generated assistant turns of ``query`` (texts without markup), in order.
+
+    With chat markup, turns are counted by ``<|im_start|>assistant`` headers, so a prompt whose
+    image pads were expanded in the query still lines up. Without markup, the text after the
+    prompt (or the whole query) is one turn.
+    """
+    prompt = prompt or ""
+    segments = query.split(ASSISTANT)
+    if len(segments) == 1:
+        return [_clean(query[len(prompt) :] if query.startswith(prompt) else query)]
+    in_prompt = prompt.count(ASSISTANT)
+    opens_turn = prompt.rstrip().endswith(ASSISTANT)  # the generation prompt is part of the prompt
+    first = in_prompt if opens_turn else in_prompt + 1
+    return [_clean(seg.removeprefix("\n")) for seg in segments[max(first, 1) :]]
+
+
+def parse_response(turns: Sequence[str]) -> tuple[str | None, list[int], str | None]:
+    """(final answer or None, crop ids taken, ToolCallError reason or None) from the turns."""
+    if not turns:
+        return None, [], None
+    try:
+        crops = parse_tool_call(turns[0])
+    except ToolCallError as e:
+        return None, [], e.reason
+    if crops is None:
+        return turns[0], [], None
+    return (turns[-1] if len(turns) > 1 else None), crops, None
+
+
+def parse_label(label: object, where: str = "label") -> tuple[list[str], str | None, bool | None]:
+    """(references, metric, needs_high_res) from one OpenRLHF label; ValueError names ``where``."""
+    if isinstance(label, (int, float)) and not isinstance(label, bool):
+        label = str(label)  # a numeric answer column
+    if isinstance(label, str) and label.strip()[:1] in ("{", "["):
+        try:
+            label = json.loads(label)
+        except json.JSONDecodeError:
+            pass  # an answer that merely starts with a bracket
+    if isinstance(label, str):
+        return [label], None, None
+    if isinstance(label, list) and label and all(isinstance(a, str) for a in label):
+        return list(label), None, None
+    if isinstance(label, dict):
+        answers = label.get("answers", label.get("answer"))
+        answers = [answers] if isinstance(answers, str) else answers
+        needs = label.get("needs_high_res")
+        if (
+            isinstance(answers, list)
+            and answers
+            and all(isinstance(a, str) for a in answers)
+            and isinstance(needs, (bool, type(None)))
+        ):
+            metric = label.get("metric")
+            return list(answers), metric if isinstance(metric, str) else None, needs
+    raise ValueError(
+        f"{where} must be an answer string, a non-empty list of answers, or an object "
+        f'{{"answers": [...], "metric": ..., "needs_high_res": ...}}; got {label!r}'
+    )
+
+
+def openrlhf_requests(
+    queries: Sequence[str], prompts: Sequence[str] | None, labels: Sequence[object]
+) -> list[RewardRequest]:
+    """One RewardRequest per query (the three lists aligned)."""
+    requests = []
+    for i, query in enumerate(queries):
+        refs, metric, needs = parse_label(labels[i], where=f"labels[{i}]")
+        answer, crops, invalid = parse_response(
+            response_turns(query, prompts[i] if prompts else None)
+        )
+        requests.append(RewardRequest(answer, refs, metric, needs, crops, invalid))
+    return requests
+
+
+def openrlhf_response(parts: Sequence[RewardParts], requests: Sequence[RewardRequest]) -> dict:
+    """``{"rewards", "scores", "extra_logs"}`` as OpenRLHF reads it."""
+    return {
+        "rewards": [p.total for p in parts],
+        "scores": [p.answer for p in parts],
+        "extra_logs": {
+            "answer_reward": [p.answer for p in parts],
+            "crop_cost": [p.crop_cost for p in parts],
+            "format_reward": [p.format for p in parts],
+            "num_crops": [float(len(set(r.crop_ids))) for r in requests],
+            "invalid_tool_call": [float(r.invalid_tool_call is not None) for r in requests],
+        },
+    }
