@@ -40,7 +40,7 @@ def vocab_texts(cfg: RecipeConfig) -> list[str]:
     from data_pipeline.datasets import read_samples
 
     texts = []
-    for s in read_samples(ensure_data(cfg, "train")):
+    for s in read_samples(ensure_data(cfg, "train"))[0]:
         texts.append(s.question)
         texts.extend(s.answers)
     return texts

@@ -37,7 +37,7 @@ def run_episodes(recipe: str, overrides: list[str], n: int = 16, checkpoint: str
     model_dir = Path(checkpoint) if checkpoint else ensure_model(cfg)
     from data_pipeline.datasets import read_samples
 
-    samples = read_samples(data_file)[:n]
+    samples = read_samples(data_file)[0][:n]
     engine = make_engine(cfg.rollout, cfg.model, model_dir, seed=cfg.run.seed)
     runner = EpisodeRunner(engine, _tokenizer(engine), EpisodeSettings(cfg.rollout.low_res_scale, cfg.rollout.max_crops))
     sampling = SamplingConfig(cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.max_new_tokens)
