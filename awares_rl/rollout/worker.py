@@ -1,0 +1,52 @@
+"""RolloutWorker: a Ray actor holding one engine and an EpisodeRunner.
+
+Rollout workers scale independently of learners (``rollout.num_workers``); the driver splits a
+step's prompts across them and pushes new weights to all of them after each update.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from awares_rl.config import ModelConfig, RolloutConfig
+from awares_rl.episode import Episode
+from awares_rl.rollout import EpisodeRunner, EpisodeSettings, SamplingConfig, make_engine
+
+
+class RolloutWorker:
+    """Generates Episodes for a list of samples; accepts versioned weight updates."""
+
+    def __init__(self, rollout: RolloutConfig, model: ModelConfig, model_path: str, seed: int = 0,
+                 threads: int | None = None) -> None:
+        torch.set_num_threads(threads or max(1, int(rollout.cpus_per_worker)))
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(rollout.kv_cache_gib))
+        self.cfg = rollout
+        self.engine = make_engine(rollout, model, model_path, seed=seed)
+        tokenizer = self.engine.processor.tokenizer if hasattr(self.engine, "processor") else self.engine.tokenizer
+        self.runner = EpisodeRunner(self.engine, tokenizer, EpisodeSettings(rollout.low_res_scale, rollout.max_crops))
+        self.sampling = SamplingConfig(rollout.temperature, rollout.top_p, rollout.max_new_tokens)
+
+    def run(self, samples: list, root: str, seed: int, group_size: int | None = None,
+            sampling: SamplingConfig | None = None) -> list[Episode]:
+        """G episodes per sample (group-contiguous), images loaded from ``root``."""
+        return self.runner.run(samples, group_size or self.cfg.group_size, sampling or self.sampling,
+                               seed=seed, root=Path(root))
+
+    def load_weights(self, named_tensors: list[tuple[str, torch.Tensor]], version: int) -> float:
+        """In-place weight update; returns the seconds it took."""
+        t0 = time.perf_counter()
+        self.engine.load_weights(named_tensors, version)
+        return time.perf_counter() - t0
+
+    def version(self) -> int:
+        return self.engine.version
+
+    def backend(self) -> str:
+        return type(self.engine).__name__
+
+    def close(self) -> None:
+        self.engine.close()
