@@ -1,0 +1,227 @@
+"""Experiment tracking: a small wrapper around one Weights & Biases run, and the per-step episode
+metrics it logs.
+
+Offline by default (no network; ``wandb sync <run_dir>/wandb/offline-run-*`` uploads later);
+``online`` needs ``WANDB_API_KEY``; ``disabled`` logs nothing. The run id is kept in
+``<run_dir>/wandb_run_id`` so a resumed training continues the same W&B run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+import wandb
+from PIL import Image, ImageDraw
+
+from awares_rl.crops import CROP_NAMES, NUM_CROPS, crop_boxes
+from awares_rl.episode import Episode
+
+Mode = Literal["offline", "online", "disabled"]
+MODES: tuple[str, ...] = ("offline", "online", "disabled")
+RUN_ID_FILE = "wandb_run_id"
+
+# One colour per crop id, so a crop has the same colour in every row of the table.
+CROP_COLOURS: tuple[str, ...] = (
+    "#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4",
+    "#42d4f4", "#f032e6", "#bfef45", "#ffe119",
+)  # fmt: skip
+
+EPISODE_COLUMNS: tuple[str, ...] = (
+    "sample_id", "group", "image", "question", "turns", "crops", "final_answer", "gold_answers",
+    "reward_total", "reward_answer", "reward_crop_cost", "reward_format", "judge",
+    "rtr", "visual_tokens", "flags",
+)  # fmt: skip
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+def episode_metrics(episodes: Sequence[Episode]) -> dict[str, float]:
+    """Means over a batch of episodes, for logging (keys are unprefixed; add ``train/`` etc.).
+
+    Episodes with ``error`` set count only toward ``error_rate``; every other mean is over the
+    episodes that ran, and the reward means over those that ran and were scored. A mean over no
+    episodes is NaN. Accuracy is left to the caller (it depends on the metric's threshold);
+    ``answer_score`` is the judge's mean score.
+    """
+    ran = [ep for ep in episodes if ep.error is None]
+    scored = [ep.reward for ep in ran if ep.reward is not None]
+    return {
+        "episodes": float(len(episodes)),
+        "error_rate": _mean([float(ep.error is not None) for ep in episodes]),
+        "reward_total": _mean([r.total for r in scored]),
+        "answer_score": _mean([r.answer for r in scored]),
+        "crop_cost": _mean([r.crop_cost for r in scored]),
+        "format_reward": _mean([r.format for r in scored]),
+        "crop_rate": _mean([float(ep.used_crops) for ep in ran]),
+        "num_crops": _mean([float(len(ep.crop_ids)) for ep in ran]),
+        "rtr": _mean([ep.rtr for ep in ran]),
+        "visual_tokens": _mean([float(ep.visual_tokens) for ep in ran]),
+        "invalid_tool_call_rate": _mean([float(ep.invalid_tool_call is not None) for ep in ran]),
+        "truncation_rate": _mean([float(ep.truncated) for ep in ran]),
+        "response_tokens": _mean([float(sum(ep.action_mask)) for ep in ran]),
+        "turns": _mean([float(ep.num_turns) for ep in ran]),
+    }
+
+
+def draw_crop_boxes(
+    low_res_view: Image.Image, image_size: tuple[int, int], crop_ids: Sequence[int]
+) -> Image.Image:
+    """An RGB copy of ``low_res_view`` with the boxes of ``crop_ids`` (taken in the original image
+    of ``image_size`` = (width, height)) scaled onto it and named, one colour per crop id."""
+    view = low_res_view.convert("RGB")  # always a copy
+    draw = ImageDraw.Draw(view)
+    sx, sy = view.width / image_size[0], view.height / image_size[1]
+    line = max(1, round(min(view.size) / 112))
+    valid = [c for c in crop_ids if 0 <= c < NUM_CROPS]  # a logger must not crash on a bad id
+    for crop_id, (x0, y0, x1, y1) in zip(valid, crop_boxes(*image_size, valid)):
+        colour = CROP_COLOURS[crop_id]
+        box = (round(x0 * sx), round(y0 * sy), round(x1 * sx) - 1, round(y1 * sy) - 1)
+        draw.rectangle(box, outline=colour, width=line)
+        draw.text((box[0] + line + 1, box[1] + line), CROP_NAMES[crop_id], fill=colour)
+    return view
+
+
+def _flags(ep: Episode) -> str:
+    flags = [f"error: {ep.error}"] if ep.error else []
+    flags += [f"invalid tool call: {ep.invalid_tool_call}"] if ep.invalid_tool_call else []
+    flags += ["truncated"] if ep.truncated else []
+    flags += ["no answer"] if ep.final_answer is None and not ep.error else []
+    return ", ".join(flags)
+
+
+def episode_row(ep: Episode) -> list[Any]:
+    """One table row (in ``EPISODE_COLUMNS`` order); the image is the low-res view with the
+    crops taken drawn on it."""
+    image = None
+    if ep.images:
+        names = ", ".join(CROP_NAMES[c] for c in ep.crop_ids if 0 <= c < NUM_CROPS)
+        annotated = draw_crop_boxes(ep.images[0], ep.image_size, ep.crop_ids)
+        image = wandb.Image(annotated, caption=names or "low-res only")
+    r = ep.reward
+    reward = [r.total, r.answer, r.crop_cost, r.format, r.judge] if r else [None] * 5
+    return [
+        ep.sample_id, ep.group_index, image, ep.question,
+        "\n".join(f"[turn {i + 1}] {text}" for i, text in enumerate(ep.turn_texts)),
+        ", ".join(f"{c}:{CROP_NAMES[c]}" if 0 <= c < NUM_CROPS else str(c) for c in ep.crop_ids),
+        ep.final_answer, " | ".join(ep.answers),
+        *reward, ep.rtr, ep.visual_tokens, _flags(ep),
+    ]  # fmt: skip
+
+
+class Tracker:
+    """One W&B run for one training run.
+
+    Args:
+        project: W&B project.
+        name: the run's display name.
+        run_dir: the training run's folder; W&B writes under ``<run_dir>/wandb`` (or under
+            ``$WANDB_DIR`` when set) and the run id is kept in ``<run_dir>/wandb_run_id``.
+        config: the recipe, as a plain dict.
+        mode: ``offline`` (default), ``online`` (needs ``WANDB_API_KEY``) or ``disabled``.
+        resume_id: continue this W&B run; by default the id stored in ``run_dir``, if any.
+    """
+
+    def __init__(
+        self,
+        project: str,
+        name: str,
+        run_dir: str | Path,
+        config: dict[str, Any],
+        mode: Mode = "offline",
+        resume_id: str | None = None,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"W&B mode {mode!r} is not one of {', '.join(MODES)}")
+        if mode == "online" and not os.environ.get("WANDB_API_KEY"):
+            raise ValueError(
+                "W&B mode 'online' needs WANDB_API_KEY in the environment: export it, or set "
+                "logging.wandb_mode=offline and run `wandb sync` later"
+            )
+        self.mode = mode
+        self.run_dir = Path(run_dir)
+        self.run: wandb.Run | None = None
+        self.run_id: str | None = None
+        if mode == "disabled":
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)  # wandb warns about a missing root dir
+        id_file = self.run_dir / RUN_ID_FILE
+        stored = id_file.read_text().strip() if id_file.is_file() else None
+        self.run_id = resume_id or stored or uuid.uuid4().hex[:8]
+        id_file.write_text(self.run_id + "\n")
+        self.run = wandb.init(
+            project=project,
+            name=name,
+            dir=os.environ.get("WANDB_DIR") or str(self.run_dir),
+            config=config,
+            mode=mode,
+            id=self.run_id,
+            resume="allow",
+        )
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        """Log scalar metrics at training step ``step`` (steps must not decrease)."""
+        if self.run is not None:
+            self.run.log(dict(metrics), step=step)
+
+    def log_episodes(
+        self, episodes: Sequence[Episode], step: int, max_rows: int = 16, key: str = "episodes"
+    ) -> None:
+        """Log the first ``max_rows`` episodes as a ``wandb.Table`` (columns: EPISODE_COLUMNS)."""
+        if self.run is None:
+            return
+        rows = [episode_row(ep) for ep in episodes[:max_rows]]
+        self.run.log({key: wandb.Table(columns=list(EPISODE_COLUMNS), data=rows)}, step=step)
+
+    def log_accuracy_vs_rtr(
+        self, rows: dict[str, tuple[float, float]], step: int, key: str = "accuracy_vs_rtr"
+    ) -> None:
+        """Scatter plot of accuracy (y) against RTR (x), one point per mode.
+
+        ``rows`` maps a mode (e.g. low_res, full_res, sft, grpo) to ``(accuracy, rtr)``.
+        """
+        if self.run is None:
+            return
+        data = [[mode, rtr, acc] for mode, (acc, rtr) in rows.items()]
+        table = wandb.Table(columns=["mode", "rtr", "accuracy"], data=data)
+        plot = wandb.plot.scatter(
+            table, "rtr", "accuracy", title="Accuracy vs retained token ratio"
+        )
+        self.run.log({key: plot}, step=step)
+
+    def summary(self, values: dict[str, Any]) -> None:
+        """Set run-level summary values (final accuracies, best step, ...)."""
+        if self.run is not None:
+            self.run.summary.update(values)
+
+    def finish(self, exit_code: int = 0) -> None:
+        """Close the run and wait until its files are complete; safe to call twice.
+
+        ``run.finish()`` alone returns while wandb-core may still be writing the run file, so
+        this also shuts W&B's background service down (the next ``wandb.init`` starts a new one).
+        """
+        if self.run is not None:
+            self.run.finish(exit_code=exit_code)
+            self.run = None
+            wandb.teardown(exit_code=exit_code)
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.finish(exit_code=0 if exc_type is None else 1)
+
+
+__all__ = ["Tracker", "draw_crop_boxes", "episode_metrics", "episode_row"]
