@@ -19,6 +19,16 @@ def _episodes(args: argparse.Namespace) -> int:
                         group_size=args.group_size, split=args.split)
 
 
+def _show_config(args: argparse.Namespace) -> int:
+    import yaml
+
+    from awares_rl.config import load_recipe
+    from awares_rl.config_io import to_dict
+
+    print(yaml.safe_dump(to_dict(load_recipe(args.recipe, args.overrides)), sort_keys=False))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="awares-rl", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -32,8 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None, help="model dir (default: the run's latest stage)")
     p.set_defaults(func=_episodes)
 
+    p = sub.add_parser("config", help="validate a recipe and print it with overrides applied")
+    _add_recipe_args(p)
+    p.set_defaults(func=_show_config)
+
     for module, adder in (("data_pipeline.cli", "add_data_parsers"), ("reward.cli", "add_serve_reward_parser"),
-                          ("awares_rl.pretrain", "add_pretrain_parser")):
+                          ("awares_rl.pretrain", "add_pretrain_parser"), ("cluster.submit", "add_cluster_parsers")):
         try:
             mod = __import__(module, fromlist=[adder])
         except ImportError:

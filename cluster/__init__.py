@@ -1,0 +1,1 @@
+"""Ray cluster launch and job submission."""
