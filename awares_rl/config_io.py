@@ -61,12 +61,19 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
+        try:  # PyYAML reads "1e-3" (no dot) as a string: accept numeric strings for float fields
+            return float(value) if isinstance(value, str) else _not_a_number(key, value)
+        except ValueError:
+            _not_a_number(key, value)
     if tp is str:
         if isinstance(value, str):
             return value
         raise ConfigError(f"{key}: expected a string, got {value!r}")
     return value
+
+
+def _not_a_number(key: str, value: Any):
+    raise ConfigError(f"{key}: expected a number, got {value!r}")
 
 
 def build(cls: type[T], data: dict[str, Any] | None, prefix: str = "") -> T:

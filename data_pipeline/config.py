@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 # The detail families the generator knows. "pattern" has a small tier (1-px texture that a 0.5
 # downscale averages to a flat tint) and a large tier (4-px cells that survive it); "shape" and
 # "count" are large-only by default; "digit" is the optional OCR-like tier (small digits).
-FAMILIES = ("pattern", "shape", "count", "digit")
+FAMILIES = ("pattern", "colour", "shape", "count", "digit")
 SMALL_TIER_FAMILIES = ("pattern", "digit")
 
 
@@ -27,16 +27,21 @@ class SynthConfig:
     # 1-px texture reaches the vision tower intact at full resolution.
     side_step: int = 56
     small_detail_share: float = 0.22  # share of questions whose detail is too small for low res
-    pattern_weight: float = 0.55  # relative weight of "pattern" questions (texture of a swatch)
-    shape_weight: float = 0.45  # relative weight of "shape" questions (large mark)
+    pattern_weight: float = 0.6  # relative weight of "pattern" questions (texture of a swatch)
+    colour_weight: float = 0.4  # relative weight of "colour" questions (colour of a large mark)
+    shape_weight: float = 0.0  # relative weight of "shape" questions (shape of a large mark)
     count_weight: float = 0.0  # relative weight of "count" questions (1-4 large dots)
     digit_weight: float = 0.0  # relative weight of the OCR-like "digit" tier (off by default)
+    panels: int = 4  # panels drawn, one per quadrant (1..4); fewer = no distractors (curriculum)
     panel_min_frac: float = 0.62  # panel side as a fraction of its quadrant side, lower bound
     panel_max_frac: float = 0.9  # ... upper bound (panels always lie inside one quadrant)
     swatch_inset_min: int = 8  # px of plain panel colour around a texture swatch, lower bound
     swatch_inset_max: int = 20  # ... upper bound (the swatch fills the rest of the panel, so the
     #                              detail covers many visual tokens: fast to learn)
-    large_cell: int = 4  # texture cell (px) of large-tier patterns; >= 2 survives a 0.5 downscale
+    # Texture cell (px) of large-tier patterns; >= 2 survives a 0.5 downscale. 7 makes the period
+    # 14 px = one ViT patch at full res and two patches' worth... of the 0.5 view (period 7 px), so
+    # every patch sees the same phase: a fixed template per class, learnt fast.
+    large_cell: int = 7
     edge_taper: int = 3  # px over which a small texture fades to its mean at the swatch border,
     #                      so that the border of the low-res view leaks no orientation
     shape_min_frac: float = 0.45  # side of a shape mark as a fraction of its panel's short side
@@ -72,6 +77,8 @@ class SynthConfig:
             raise ValueError(
                 f"SynthConfig.min_side ({self.min_side}) > max_side ({self.max_side}): swap them"
             )
+        if not 1 <= self.panels <= 4:
+            raise ValueError(f"SynthConfig.panels = {self.panels} must be in 1..4 (one per quadrant)")
         if not 0.3 <= self.panel_min_frac <= self.panel_max_frac <= 0.95:
             raise ValueError(
                 "SynthConfig.panel_min_frac / panel_max_frac must satisfy 0.3 <= min <= max <= "
@@ -86,7 +93,8 @@ class SynthConfig:
             )
         if sum(self.family_weights().values()) <= 0:
             raise ValueError(
-                "SynthConfig: all of pattern_weight, shape_weight, count_weight, digit_weight are "
+                "SynthConfig: all of pattern_weight, colour_weight, shape_weight, count_weight, "
+                "digit_weight are "
                 "0; give at least one family a positive weight"
             )
         if self.small_detail_share > 0 and not any(
@@ -131,6 +139,7 @@ class SynthConfig:
         """Relative weight of each family (zero-weight families are never drawn)."""
         return {
             "pattern": self.pattern_weight,
+            "colour": self.colour_weight,
             "shape": self.shape_weight,
             "count": self.count_weight,
             "digit": self.digit_weight,

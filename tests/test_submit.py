@@ -54,24 +54,28 @@ def test_missing_recipe_is_refused():
         sub.submit("http://127.0.0.1:1", "recipes/nope.yaml")
 
 
-def test_submit_runs_on_a_real_cluster_with_token_auth(ray_head, monkeypatch):
+def _client_env(**extra: str) -> dict[str, str]:
+    # a fresh client process each time: Ray caches its auth token per process, and other tests
+    # in this session may have started their own local cluster with another token
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    return {**env, **extra}
+
+
+def test_submit_runs_on_a_real_cluster_with_token_auth(ray_head):
     address, token = ray_head
     assert token.is_file()
-    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
-    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
-    monkeypatch.chdir(ROOT)
-    job = sub.submit(address, "recipes/tiny_cpu.yaml", ["run.name=from_job"], command="config")
-    assert os.environ["RAY_AUTH_MODE"] == "token"
-    assert sub.wait(address, job, timeout_s=240) == "SUCCEEDED", sub.logs(address, job)
-    assert "name: from_job" in sub.logs(address, job)
+    cmd = [sys.executable, "-m", "awares_rl.cli", "submit", "--address", address, "--recipe",
+           "recipes/tiny_cpu.yaml", "--command", "config", "--wait", "run.name=from_job"]
+    out = subprocess.run(cmd, env=_client_env(RAY_AUTH_TOKEN_PATH=str(token)), cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "name: from_job" in out.stdout and "SUCCEEDED" in out.stdout
 
 
 def test_cluster_refuses_a_client_without_the_token(ray_head, tmp_path):
     address, _ = ray_head
     # a fresh process (Ray caches its auth mode per process) with no token anywhere
-    env = {**os.environ, "HOME": str(tmp_path), "RAY_AUTH_MODE": "disabled"}
-    env.pop("RAY_AUTH_TOKEN_PATH", None)
-    env.pop("RAY_AUTH_TOKEN", None)
+    env = _client_env(HOME=str(tmp_path), RAY_AUTH_MODE="disabled")
     code = f"from cluster.submit import client; print(client({address!r}).list_jobs())"
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0

@@ -1,0 +1,129 @@
+"""``awares-rl data ...`` subcommands: synth, convert, validate, trajectories.
+
+``add_data_parsers(subparsers)`` registers them on the top-level argparse subparsers; each leaf
+parser sets ``func`` to a handler ``(args) -> int`` (the exit status).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import fields
+
+from data_pipeline.config import SynthConfig
+from data_pipeline.formats import CONVERTERS
+
+
+def add_data_parsers(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``data synth``, ``data convert`` and ``data validate``; return the ``data`` parser."""
+    data = subparsers.add_parser("data", help="generate, convert and validate datasets")
+    sub = data.add_subparsers(dest="data_command", required=True)
+
+    synth = sub.add_parser("synth", help="generate the synthetic high-res benchmark")
+    synth.add_argument("--out", required=True, help="output folder (JSONL + images/)")
+    synth.add_argument("--n", type=int, required=True, help="number of samples")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--split", default="train", help="split name (train / val / test ...)")
+    synth.add_argument("--workers", type=int, default=1, help="parallel workers (Ray tasks)")
+    synth.add_argument("--backend", default="auto", choices=("auto", "serial", "process", "ray"))
+    synth.add_argument(
+        "--set", action="append", default=[], metavar="FIELD=VALUE",
+        help="override a SynthConfig field, e.g. --set max_side=1344 (repeatable)",
+    )
+    synth.set_defaults(func=run_synth)
+
+    conv = sub.add_parser("convert", help="convert a local benchmark to Sample JSONL")
+    conv.add_argument("--format", required=True, choices=sorted(CONVERTERS))
+    conv.add_argument("--src", required=True, help="HF save_to_disk folder, parquet, or JSON(L)")
+    conv.add_argument("--out", required=True, help="output folder")
+    conv.add_argument("--split", default=None, help="split of an HF DatasetDict folder")
+    conv.add_argument("--on-error", default="fail", choices=("fail", "skip"))
+    conv.set_defaults(func=run_convert)
+
+    val = sub.add_parser("validate", help="validate a Sample JSONL file and its images")
+    val.add_argument("--src", required=True, help="Sample JSONL file")
+    val.add_argument("--on-error", default="fail", choices=("fail", "skip"))
+    val.set_defaults(func=run_validate)
+
+    add_trajectories_parser(sub)
+    return data
+
+
+def add_trajectories_parser(sub: argparse._SubParsersAction) -> None:
+    """``data trajectories``: the base model at low vs full res -> judge -> crops -> SFT JSONL."""
+    traj = sub.add_parser("trajectories", help="build SFT trajectories with the base model (resumable)")
+    traj.add_argument("--recipe", default="recipes/tiny_cpu.yaml", help="recipe YAML")
+    traj.add_argument("--split", default="train", help="data split (train / val / test)")
+    traj.add_argument("--model", default=None, help="base model dir (default: model.path, else the run's base model)")
+    traj.add_argument("--out", default=None, help="output JSONL (default: <run dir>/trajectories/<split>.jsonl)")
+    traj.add_argument("--limit", type=int, default=None, help="process at most N new samples (rerun to resume)")
+    traj.add_argument("--quiet", action="store_true", help="no progress bar")
+    traj.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. trajectories.batch_size=8")
+    traj.set_defaults(func=run_trajectories)
+
+
+def run_trajectories(args: argparse.Namespace) -> int:
+    from data_pipeline.trajectories import TrajectoryError, trajectories_from_recipe
+
+    try:
+        trajectories_from_recipe(args.recipe, args.overrides, args.split, args.model, args.out,
+                                 args.limit, progress=not args.quiet)
+    except (TrajectoryError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def parse_overrides(pairs: list[str]) -> SynthConfig:
+    """``["max_side=1344", ...]`` -> SynthConfig (values cast to each field's type)."""
+    types = {f.name: type(f.default) for f in fields(SynthConfig)}
+    kwargs = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in types:
+            raise SystemExit(f"--set {pair!r}: expected FIELD=VALUE with FIELD one of {sorted(types)}")
+        kwargs[key] = types[key](value)
+    return SynthConfig(**kwargs)
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    from data_pipeline.synthetic import generate
+
+    path = generate(args.out, args.n, args.seed, args.split, parse_overrides(args.set),
+                    workers=args.workers, backend=args.backend)
+    print(f"wrote {args.n} samples of split {args.split!r} to {path}")
+    return 0
+
+
+def _print_skipped(errors: list[str], limit: int = 10) -> None:
+    for e in errors[:limit]:
+        print(f"  skipped: {e}", file=sys.stderr)
+    if len(errors) > limit:
+        print(f"  ... and {len(errors) - limit} more", file=sys.stderr)
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from data_pipeline.datasets import ConvertError, convert
+
+    try:
+        report = convert(args.format, args.src, args.out, args.on_error, args.split)
+    except (ConvertError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    _print_skipped(report.errors)
+    print(report.summary())
+    return 0
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    from data_pipeline.datasets import read_samples
+    from data_pipeline.sample import SampleError
+
+    try:
+        samples, report = read_samples(args.src, args.on_error)
+    except (SampleError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    _print_skipped(report.errors)
+    print(f"{args.src}: {len(samples)} valid samples, {report.skipped} malformed")
+    return 0 if report.skipped == 0 else 2

@@ -1,0 +1,215 @@
+"""One synthetic scene: four coloured panels, one per quadrant, each holding one detail.
+
+Design (why a tiny VLM learns it in minutes, see data_pipeline/README.md):
+  - The question names a panel by its colour ("the red panel"): a coarse cue that survives any
+    downscale, and one that sits in the same visual tokens as the detail (textures are drawn in
+    the panel's colour), so binding question -> tokens is local.
+  - Panels lie inside the four quadrants, so the crop that shows a detail at full resolution is
+    unambiguous: quadrant q -> crop id q (``awares_rl.crops``).
+  - Details are what a small ViT reads from single patches: texture orientation, shape of a mark,
+    a count of large dots; digits are the optional OCR-like tier.
+  - Small tier: a 1-px texture (period 2) that the 0.5 low-res view averages to a flat tint
+    (``needs_high_res = True``); large tier: the same textures with 4-px cells, readable at low res.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+from PIL import Image
+
+from awares_rl.crops import crop_box
+from data_pipeline import render
+from data_pipeline.config import SMALL_TIER_FAMILIES, SynthConfig
+from data_pipeline.render import MARK_COLOURS, PALETTE, PATTERNS, SHAPES, Box
+from data_pipeline.sample import Sample
+
+QUESTIONS = {
+    "pattern": "What pattern is in the {colour} panel?",
+    "colour": "What colour is the mark in the {colour} panel?",
+    "shape": "What shape is in the {colour} panel?",
+    "count": "How many dots are in the {colour} panel?",
+    "digit": "What digit is in the {colour} panel?",
+}
+ANSWER_SPACE = {
+    "pattern": PATTERNS,
+    "colour": tuple(MARK_COLOURS),
+    "shape": SHAPES,
+    "count": tuple(str(i) for i in range(1, 10)),
+    "digit": tuple(str(i) for i in range(10)),
+}
+_MARGIN = 6  # px between a detail and its panel's border
+
+
+def sample_seed(seed: int, split: str, index: int) -> int:
+    """64-bit seed of sample ``index`` of ``split``: a hash, so splits draw disjoint streams."""
+    digest = hashlib.sha256(f"awares-synth/v1/{seed}/{split}/{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def sample_id(split: str, index: int) -> str:
+    return f"{split}-{index:06d}"
+
+
+def draw_kind(rng: np.random.Generator, cfg: SynthConfig) -> tuple[str, bool]:
+    """(family, small) of the question: small with probability ``small_detail_share``."""
+    weights = cfg.family_weights()
+    small = bool(rng.random() < cfg.small_detail_share)
+    names = [f for f, w in weights.items() if w > 0 and (not small or f in SMALL_TIER_FAMILIES)]
+    p = np.array([weights[f] for f in names], float)
+    return str(rng.choice(names, p=p / p.sum())), small
+
+
+def image_size(rng: np.random.Generator, cfg: SynthConfig) -> tuple[int, int]:
+    """(width, height), each a multiple of ``side_step`` in [min_side, max_side]."""
+    steps = np.arange(cfg.min_side, cfg.max_side + 1, cfg.side_step)
+    return int(rng.choice(steps)), int(rng.choice(steps))
+
+
+def panel_boxes(rng: np.random.Generator, width: int, height: int, cfg: SynthConfig) -> list[Box]:
+    """One panel per quadrant (crop ids 0..3), each strictly inside its quadrant."""
+    boxes = []
+    for q in range(4):
+        qx1, qy1, qx2, qy2 = crop_box(width, height, q)
+        pw = int((qx2 - qx1) * rng.uniform(cfg.panel_min_frac, cfg.panel_max_frac))
+        ph = int((qy2 - qy1) * rng.uniform(cfg.panel_min_frac, cfg.panel_max_frac))
+        x = qx1 + 4 + int(rng.integers(0, qx2 - qx1 - pw - 8 + 1))
+        y = qy1 + 4 + int(rng.integers(0, qy2 - qy1 - ph - 8 + 1))
+        boxes.append((x, y, x + pw, y + ph))
+    return boxes
+
+
+def _place(rng: np.random.Generator, panel: Box, w: int, h: int) -> Box:
+    """A random ``w`` x ``h`` box inside ``panel``, ``_MARGIN`` px from its border."""
+    x1, y1, x2, y2 = panel
+    x = x1 + _MARGIN + int(rng.integers(0, x2 - x1 - w - 2 * _MARGIN + 1))
+    y = y1 + _MARGIN + int(rng.integers(0, y2 - y1 - h - 2 * _MARGIN + 1))
+    return (x, y, x + w, y + h)
+
+
+def fill_pattern(canvas, rng, panel, colour, small, cfg) -> tuple[str, list[Box]]:
+    """A texture swatch filling the panel but for a plain rim; 1-px cells when ``small``."""
+    kind = str(rng.choice(PATTERNS))
+    cell = 1 if small else cfg.large_cell
+    x1, y1, x2, y2 = panel
+    inset = [int(rng.integers(cfg.swatch_inset_min, cfg.swatch_inset_max + 1)) for _ in range(4)]
+    box = _even((x1 + inset[0], y1 + inset[1], x2 - inset[2], y2 - inset[3]))
+    # Anchored to the image origin (phase = the box corner): every 14-px patch of the full image,
+    # of its 0.5 view and of any crop then sees the same phase of a 1-px or 7-px texture, so a
+    # texture is one fixed template per class that a patch embedding learns linearly.
+    phase = (box[1], box[0])
+    taper = cfg.edge_taper if small else 0
+    return kind, [render.draw_pattern(canvas, box, kind, colour, cell, phase, taper)]
+
+
+def _even(box: Box) -> Box:
+    """Shrink a box to even corners (1-px textures then pair up exactly under the 0.5 view)."""
+    x1, y1, x2, y2 = box
+    return (x1 + x1 % 2, y1 + y1 % 2, x2 - x2 % 2, y2 - y2 % 2)
+
+
+def _mark_box(rng: np.random.Generator, panel: Box, cfg: SynthConfig) -> Box:
+    """A square for a mark, its side a random fraction of the panel's short side."""
+    short = min(panel[2] - panel[0], panel[3] - panel[1]) - 2 * _MARGIN
+    side = int(short * rng.uniform(cfg.shape_min_frac, cfg.shape_max_frac))
+    return _place(rng, panel, side, side)
+
+
+def fill_colour(canvas, rng, panel, colour, small, cfg) -> tuple[str, list[Box]]:
+    """A large mark of a random shape whose colour (from ``MARK_COLOURS``) is the answer."""
+    name, kind = str(rng.choice(list(MARK_COLOURS))), str(rng.choice(SHAPES))
+    return name, [render.draw_shape(canvas, _mark_box(rng, panel, cfg), kind, MARK_COLOURS[name])]
+
+
+def fill_shape(canvas, rng, panel, colour, small, cfg) -> tuple[str, list[Box]]:
+    """A large INK mark whose shape is the answer."""
+    kind = str(rng.choice(SHAPES))
+    return kind, [render.draw_shape(canvas, _mark_box(rng, panel, cfg), kind)]
+
+
+def fill_count(canvas, rng, panel, colour, small, cfg) -> tuple[str, list[Box]]:
+    n = int(rng.integers(1, cfg.max_count + 1))
+    cell = cfg.dot_size + 6
+    x1, y1, x2, y2 = panel
+    cols, rows = (x2 - x1 - 2 * _MARGIN) // cell, (y2 - y1 - 2 * _MARGIN) // cell
+    cells = rng.choice(cols * rows, size=n, replace=False)
+    boxes = []
+    for c in sorted(int(c) for c in cells):
+        x = x1 + _MARGIN + (c % cols) * cell + int(rng.integers(0, 7))
+        y = y1 + _MARGIN + (c // cols) * cell + int(rng.integers(0, 7))
+        boxes.append(render.draw_dot(canvas, (x, y, x + cfg.dot_size, y + cfg.dot_size)))
+    return str(n), boxes
+
+
+def fill_digit(canvas, rng, panel, colour, small, cfg) -> tuple[str, list[Box]]:
+    text = str(int(rng.integers(0, 10)))
+    px = cfg.digit_small_px if small else cfg.digit_large_px
+    w, h = render.digit_size(text, px)
+    x1, y1, _, _ = _place(rng, panel, w + 2, h + 2)
+    return text, [render.draw_digit(canvas, (x1, y1), text, px)]
+
+
+FILLERS = {
+    "pattern": fill_pattern,
+    "colour": fill_colour,
+    "shape": fill_shape,
+    "count": fill_count,
+    "digit": fill_digit,
+}
+
+
+def make_scene(seed: int, split: str, index: int, cfg: SynthConfig) -> tuple[Sample, Image.Image]:
+    """Sample ``index`` of ``split``: the image and its Sample (image path ``images/<id>.png``).
+
+    Deterministic in (seed, split, index, cfg). ``cfg.panels`` quadrants get a panel; the question
+    asks about one of them (``meta["panel"]`` indexes ``meta["panels"]``), the others carry
+    distractor details of the same family (random classes and tiers). ``meta["panels"]`` describes
+    each (colour, answer, tier, quadrant, evidence boxes), so a trainer can ask about all of them.
+    """
+    rng = np.random.default_rng(sample_seed(seed, split, index))
+    width, height = image_size(rng, cfg)
+    family, small = draw_kind(rng, cfg)
+    colours = [str(c) for c in rng.choice(list(PALETTE), size=4, replace=False)]
+    drawn = sorted(int(q) for q in rng.choice(4, size=cfg.panels, replace=False))
+    target = int(rng.integers(0, cfg.panels))  # index into ``drawn``
+    canvas = np.empty((height, width, 3), np.uint8)
+    canvas[:] = int(rng.integers(228, 250))
+    boxes_by_quadrant = panel_boxes(rng, width, height, cfg)
+    panels = []
+    for k, q in enumerate(drawn):
+        x1, y1, x2, y2 = panel = boxes_by_quadrant[q]
+        canvas[y1:y2, x1:x2] = PALETTE[colours[q]]
+        tier = small if k == target else bool(family in SMALL_TIER_FAMILIES and rng.random() < 0.5)
+        value, boxes = FILLERS[family](canvas, rng, panel, PALETTE[colours[q]], tier, cfg)
+        panels.append({"colour": colours[q], "answer": value, "tier": "small" if tier else "large",
+                       "quadrant": q, "boxes": [list(b) for b in boxes], "panel_box": list(panel)})
+    sid, hit = sample_id(split, index), panels[target]
+    sample = Sample(
+        id=sid,
+        image=f"images/{sid}.png",
+        question=QUESTIONS[family].format(colour=hit["colour"]),
+        answers=(hit["answer"],),
+        evidence_boxes=tuple(tuple(b) for b in hit["boxes"]),
+        metric="exact",
+        needs_high_res=small,
+        meta={"family": family, "tier": hit["tier"], "panel": target, "width": width,
+              "height": height, "panels": panels},
+    )
+    return sample, Image.fromarray(canvas)
+
+
+def panel_questions(sample: Sample, which: list[int] | None = None) -> list[tuple[str, str, dict]]:
+    """(question, answer, panel) about panels ``which`` (default: all) of a synthetic sample."""
+    family, panels = sample.meta["family"], sample.meta["panels"]
+    which = range(len(panels)) if which is None else which
+    return [(QUESTIONS[family].format(colour=panels[q]["colour"]), panels[q]["answer"], panels[q])
+            for q in which]
+
+
+def vocab_texts(cfg: SynthConfig) -> list[str]:
+    """Every question and answer the generator can emit (the tiny tokenizer's training texts)."""
+    families = [f for f, w in cfg.family_weights().items() if w > 0]
+    texts = [QUESTIONS[f].format(colour=c) for f in families for c in PALETTE]
+    texts += [a for f in families for a in ANSWER_SPACE[f]]
+    return texts

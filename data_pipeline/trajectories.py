@@ -1,0 +1,613 @@
+"""SFT trajectories, built as the paper does (shared/AWARES.md, "Supervision built automatically").
+
+1. The base model answers every sample greedily at LOW res (the 0.5 view) and at FULL res (the
+   original image), as the plain VQA model it was pretrained as: no tool prompt, the exact prompt
+   format of ``awares_rl.pretrain`` (``grounding.vqa_prompt_ids``).
+2. A judge (``reward.judges``, chosen by the sample's metric) scores both answers against the
+   ground truth; a crop is needed iff ``low_res_score < correct_threshold <= full_res_score``.
+3. For crop-needed samples, evidence boxes (the dataset's, or a grounding VLM's) map to crop ids
+   with ``awares_rl.crops.boxes_to_crops`` (``box_rule``).
+4. One trajectory per sample: ``["<answer>"]`` or ``["GET_CROPS: ['0']", "<answer>"]``.
+
+The answer turn is the ground truth ``answers[0]``, not the base model's full-res answer: the
+judges pass right-but-differently-worded answers (ANLS, relaxed accuracy, cosine), so the gt keeps
+the SFT target canonical; the paper's trajectories use the gt too.
+
+Output, one JSON object a line (``Trajectory.to_json``)::
+
+    {"id", "image" (path relative to the output file's folder), "question", "answers": [...],
+     "metric", "split", "needs_crop": bool, "crop_ids": [int, ...], "turns": [str, ...],
+     "low_res_answer", "full_res_answer", "low_res_score", "full_res_score",
+     "needs_high_res" (the generator's label, or null), "evidence_boxes": [[x1, y1, x2, y2], ...]
+     (pixels; the boxes behind crop_ids), "box_source": "dataset" | "vlm" | null}
+
+Beside ``X.jsonl``: ``X.skipped.jsonl`` (``{"id", "reason"}``: unreadable image, or a needed crop
+with no evidence box; never trained on), ``X.manifest.json`` (the settings; a rerun with other
+settings is refused) and ``X.stats.json`` (the report). Results are appended batch by batch, and a
+rerun skips ids already in either file, so an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from PIL import Image
+from rich.console import Console
+from rich.table import Table
+from tqdm import tqdm
+
+from awares_rl.crops import boxes_to_crops, low_res_view
+from awares_rl.protocol import ToolCallError, format_tool_call, parse_tool_call
+from data_pipeline.grounding import (
+    DEFAULT_GROUNDING_PROMPT,
+    Box,
+    DatasetBoxes,
+    Grounder,
+    VLMGrounder,
+    ground_many,
+    vqa_prompt_ids,
+)
+from data_pipeline.sample import Sample, iter_jsonl
+from reward.judges import BENCHMARK_JUDGES, JUDGES
+
+log = logging.getLogger(__name__)
+
+JudgeFn = Callable[[list[str], list[list[str]], list[str | None]], list[float]]
+# (predictions, references, metrics) -> one score in [0, 1] per prediction
+
+
+@dataclass(frozen=True)
+class TrajectoryConfig:
+    """How SFT trajectories are built (``awares-rl data trajectories``)."""
+
+    batch_size: int = 16  # samples per engine call (each asks at low AND at full res)
+    correct_threshold: float = 0.5  # a judge score >= this is a right answer
+    box_rule: Literal["smallest-cover", "max-iou"] = "smallest-cover"  # evidence box -> crop id
+    max_new_tokens: int = 24  # answer length cap, both resolutions
+    low_res_scale: float = 0.5  # the low-res view; must equal rollout.low_res_scale
+    vqa_system_prompt: str | None = None  # None: no system message, as pretrain trains the base model
+    metric_judges: dict[str, str] = field(default_factory=dict)  # metric -> judge, over reward's BENCHMARK_JUDGES
+    default_judge: str = "embedding_cosine"  # judge for samples without a metric (the paper's R_ans)
+    grounder: Literal["auto", "dataset", "vlm"] = "auto"  # auto: the sample's boxes if any, else the VLM
+    grounder_model: str | None = None  # grounding VLM dir; None = the base model itself
+    box_coords: Literal["resized", "pixels", "norm1000"] = "resized"  # frame of the VLM's boxes
+    grounding_prompt: str = DEFAULT_GROUNDING_PROMPT  # uses {question} and {answer}
+    grounder_max_new_tokens: int = 64
+    num_workers: int = 1  # > 1: Ray actors, each with its own engine (rollout.cpus/gpus_per_worker)
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "max_new_tokens", "grounder_max_new_tokens", "num_workers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"trajectories.{name}={getattr(self, name)} must be >= 1")
+        if not 0 < self.correct_threshold <= 1:
+            raise ValueError(f"trajectories.correct_threshold={self.correct_threshold} must be in (0, 1]")
+        if not 0 < self.low_res_scale <= 1:
+            raise ValueError(f"trajectories.low_res_scale={self.low_res_scale} must be in (0, 1]")
+        for metric, name in [*self.metric_judges.items(), ("default_judge", self.default_judge)]:
+            if name not in JUDGES:
+                raise ValueError(f"trajectories judge {name!r} (for {metric}) unknown: use one of {sorted(JUDGES)}")
+        try:
+            self.grounding_prompt.format(question="q", answer="a")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(f"trajectories.grounding_prompt may use only {{question}} and {{answer}}: {e!r}") from e
+
+    def judge_for(self, metric: str | None) -> str:
+        """Judge name for a sample's metric: metric_judges, then reward's mapping, then default."""
+        if metric is None:
+            return self.default_judge
+        return self.metric_judges.get(metric) or BENCHMARK_JUDGES.get(metric) or self.default_judge
+
+
+# ---------------------------------------------------------------- the record
+class TrajectoryError(ValueError):
+    """A malformed trajectory line; ``where`` is ``file:line``."""
+
+    def __init__(self, where: str, field_name: str, problem: str) -> None:
+        self.where, self.field = where, field_name
+        super().__init__(f"{where}: field {field_name!r}: {problem}")
+
+
+def _is_str(v: Any) -> bool:
+    return isinstance(v, str)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_box(v: Any) -> bool:
+    return isinstance(v, list) and len(v) == 4 and all(_is_num(x) for x in v) and v[2] > v[0] and v[3] > v[1]
+
+
+_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "id": (lambda v: _is_str(v) and bool(v), "a non-empty string"),
+    "image": (lambda v: _is_str(v) and bool(v), "a non-empty string"),
+    "question": (_is_str, "a string"),
+    "answers": (lambda v: isinstance(v, list) and bool(v) and all(map(_is_str, v)), "a non-empty list of strings"),
+    "metric": (lambda v: v is None or _is_str(v), "a string or null"),
+    "split": (lambda v: v is None or _is_str(v), "a string or null"),
+    "needs_crop": (lambda v: isinstance(v, bool), "true or false"),
+    "crop_ids": (lambda v: isinstance(v, list) and all(type(c) is int and 0 <= c <= 8 for c in v)
+                 and len(set(v)) == len(v), "a list of unique ints in 0..8"),
+    "turns": (lambda v: isinstance(v, list) and 1 <= len(v) <= 2 and all(map(_is_str, v)), "1 or 2 strings"),
+    "low_res_answer": (_is_str, "a string"),
+    "full_res_answer": (_is_str, "a string"),
+    "low_res_score": (_is_num, "a finite number"),
+    "full_res_score": (_is_num, "a finite number"),
+    "needs_high_res": (lambda v: v is None or isinstance(v, bool), "true, false or null"),
+    "evidence_boxes": (lambda v: isinstance(v, list) and all(map(_is_box, v)), "a list of [x1, y1, x2, y2]"),
+    "box_source": (lambda v: v is None or v in ("dataset", "vlm"), '"dataset", "vlm" or null'),
+}
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """One SFT trajectory: a direct answer, or GET_CROPS -> crops -> answer (see module doc)."""
+
+    id: str
+    image: str  # relative to the folder of the JSONL file that lists it
+    question: str
+    answers: tuple[str, ...]
+    metric: str | None
+    split: str | None
+    needs_crop: bool
+    crop_ids: tuple[int, ...]
+    turns: tuple[str, ...]
+    low_res_answer: str
+    full_res_answer: str
+    low_res_score: float
+    full_res_score: float
+    needs_high_res: bool | None
+    evidence_boxes: tuple[Box, ...] = ()
+    box_source: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        for key in ("answers", "crop_ids", "turns"):
+            out[key] = list(out[key])
+        out["evidence_boxes"] = [list(b) for b in self.evidence_boxes]
+        return out
+
+    def to_line(self) -> str:
+        return json.dumps(self.to_json(), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, obj: Any, where: str = "<trajectory>") -> Trajectory:
+        """Validate a decoded line; ``TrajectoryError`` names ``where`` and the field."""
+        if not isinstance(obj, dict):
+            raise TrajectoryError(where, "<line>", f"expected a JSON object, got {type(obj).__name__}")
+        unknown = sorted(set(obj) - set(_CHECKS))
+        if unknown:
+            raise TrajectoryError(where, unknown[0], f"unknown field (known: {', '.join(_CHECKS)})")
+        obj = {"evidence_boxes": [], "box_source": None, **obj}
+        for key, (ok, what) in _CHECKS.items():
+            if key not in obj:
+                raise TrajectoryError(where, key, "is missing")
+            if not ok(obj[key]):
+                raise TrajectoryError(where, key, f"must be {what}, got {obj[key]!r}")
+        _check_turns(obj, where)
+        return cls(**{**obj, "answers": tuple(obj["answers"]), "crop_ids": tuple(obj["crop_ids"]),
+                      "turns": tuple(obj["turns"]),
+                      "evidence_boxes": tuple(tuple(map(float, b)) for b in obj["evidence_boxes"]),
+                      "low_res_score": float(obj["low_res_score"]),
+                      "full_res_score": float(obj["full_res_score"])})
+
+
+def _check_turns(obj: dict, where: str) -> None:
+    """turns agree with needs_crop and crop_ids: [call naming crop_ids, answer] or [answer]."""
+    turns, crops = obj["turns"], obj["crop_ids"]
+    try:
+        called = parse_tool_call(turns[0])
+    except ToolCallError as e:
+        raise TrajectoryError(where, "turns", f"turn 1 is a malformed tool call ({e.reason})") from e
+    if obj["needs_crop"]:
+        if not crops or len(turns) != 2 or called != crops:
+            raise TrajectoryError(where, "turns", f"needs_crop is true: expected [{format_tool_call(crops or [0])!r}, "
+                                  f"answer] naming crop_ids {crops} (non-empty), got {turns!r}")
+    elif crops or len(turns) != 1 or called is not None:
+        raise TrajectoryError(where, "turns", f"needs_crop is false: expected [answer] and crop_ids [], got {turns!r}")
+
+
+def needs_crop(low_res_score: float, full_res_score: float, threshold: float = 0.5) -> bool:
+    """The paper's label: the low-res answer is wrong and the full-res answer is right."""
+    return low_res_score < threshold <= full_res_score
+
+
+def read_trajectories(path: str | Path) -> list[Trajectory]:
+    """Read and validate a trajectory JSONL file; errors name ``file:line``; ids must be unique."""
+    path, out, seen = Path(path), [], set()
+    for lineno, line in iter_jsonl(path):
+        where = f"{path}:{lineno}"
+        try:
+            t = Trajectory.from_json(json.loads(line), where)
+        except json.JSONDecodeError as e:
+            raise TrajectoryError(where, "<line>", f"invalid JSON ({e.msg} at column {e.colno})") from e
+        if t.id in seen:
+            raise TrajectoryError(where, "id", f"duplicate id {t.id!r}")
+        seen.add(t.id)
+        out.append(t)
+    return out
+
+
+# ---------------------------------------------------------------- judging
+def make_judge_fn(cfg: TrajectoryConfig, reward_cfg=None) -> JudgeFn:
+    """A batched judge: each sample scored by ``cfg.judge_for(metric)``, one call per judge.
+    ``reward_cfg`` (a ``RewardConfig``) supplies the embedding model and the LLM endpoint."""
+    from reward.config import RewardConfig
+    from reward.scoring import run_judge
+
+    reward_cfg = reward_cfg or RewardConfig()
+
+    def judge(predictions: list[str], references: list[list[str]], metrics: list[str | None]) -> list[float]:
+        scores, groups = [0.0] * len(predictions), defaultdict(list)
+        for i, metric in enumerate(metrics):
+            groups[cfg.judge_for(metric)].append(i)
+        for name, idx in groups.items():
+            got, _ = run_judge(name, [predictions[i] for i in idx], [references[i] for i in idx], reward_cfg)
+            for i, s in zip(idx, got, strict=True):
+                scores[i] = float(s)
+        return scores
+
+    return judge
+
+
+# ---------------------------------------------------------------- building
+@dataclass(frozen=True)
+class Skipped:
+    """A sample that yields no trajectory, and why."""
+
+    id: str
+    reason: str
+
+
+class TrajectoryBuilder:
+    """Turns a batch of samples into trajectories with one engine (steps 1-4 of the module doc).
+
+    ``grounder`` serves samples that need a VLM box (``cfg.grounder`` "vlm", or "auto" without
+    dataset boxes); None builds a ``VLMGrounder`` on ``engine`` itself when first needed."""
+
+    def __init__(self, engine, tokenizer, judge_fn: JudgeFn, cfg: TrajectoryConfig,
+                 grounder: Grounder | None = None) -> None:
+        self.engine, self.tokenizer, self.judge_fn, self.cfg = engine, tokenizer, judge_fn, cfg
+        self.dataset_boxes, self.vlm = DatasetBoxes(), grounder
+
+    def answers(self, images: Sequence[Image.Image], questions: Sequence[str]) -> list[str]:
+        """Greedy plain-VQA answers, one batched engine call."""
+        from awares_rl.rollout.engine import GenRequest, SamplingConfig
+
+        reqs = [GenRequest(vqa_prompt_ids(self.tokenizer, q, self.cfg.vqa_system_prompt), [im])
+                for im, q in zip(images, questions, strict=True)]
+        outs = self.engine.generate(reqs, SamplingConfig(0.0, 1.0, self.cfg.max_new_tokens))
+        return [self.tokenizer.decode(o.token_ids, skip_special_tokens=True).strip() for o in outs]
+
+    def _grounder_for(self, sample: Sample) -> Grounder:
+        if self.cfg.grounder == "dataset" or (self.cfg.grounder == "auto" and sample.evidence_boxes):
+            return self.dataset_boxes
+        if self.vlm is None:
+            processor = getattr(self.engine, "processor", None)
+            self.vlm = VLMGrounder(self.engine, self.tokenizer, self.cfg.box_coords,
+                                   getattr(processor, "image_processor", None),
+                                   self.cfg.grounding_prompt, self.cfg.grounder_max_new_tokens)
+        return self.vlm
+
+    def ground(self, items: Sequence[tuple[Sample, Image.Image]]) -> list[tuple[list[Box], str]]:
+        """(boxes, grounder name) per item, one batched call per grounder."""
+        groups: dict[int, tuple[Grounder, list[int]]] = {}
+        for k, (s, _) in enumerate(items):
+            g = self._grounder_for(s)
+            groups.setdefault(id(g), (g, []))[1].append(k)
+        out: list[tuple[list[Box], str]] = [([], "")] * len(items)
+        for g, idx in groups.values():
+            sel = [items[k] for k in idx]
+            boxes = ground_many(g, [im for _, im in sel], [s.question for s, _ in sel],
+                                [s.answers[0] for s, _ in sel], [s for s, _ in sel])
+            for k, b in zip(idx, boxes, strict=True):
+                out[k] = (list(b), g.name)
+        return out
+
+    def process(self, samples: Sequence[Sample], root: str | Path, out_dir: str | Path | None = None,
+                split: str | None = None) -> list[Trajectory | Skipped]:
+        """One result per sample, in order. ``root``: the samples' JSONL folder; ``out_dir``: the
+        folder image paths are made relative to (default ``root``)."""
+        from awares_rl.images import ImageError, load_image
+
+        root = Path(root)
+        results: dict[str, Trajectory | Skipped] = {}
+        ok: list[tuple[Sample, Image.Image]] = []
+        for s in samples:
+            try:
+                ok.append((s, load_image(root / s.image)))
+            except ImageError as e:
+                results[s.id] = Skipped(s.id, f"image: {e}")
+        questions = [s.question for s, _ in ok]
+        low = self.answers([low_res_view(im, self.cfg.low_res_scale) for _, im in ok], questions)
+        full = self.answers([im for _, im in ok], questions)
+        refs, metrics = [list(s.answers) for s, _ in ok], [s.metric for s, _ in ok]
+        scores = self.judge_fn(low + full, refs + refs, metrics + metrics) if ok else []
+        lows, fulls = scores[: len(ok)], scores[len(ok):]
+        need = [k for k in range(len(ok)) if needs_crop(lows[k], fulls[k], self.cfg.correct_threshold)]
+        grounded = dict(zip(need, self.ground([ok[k] for k in need]), strict=True))
+        rel_dir = Path(out_dir) if out_dir is not None else root
+        for k, (s, im) in enumerate(ok):
+            boxes, source = grounded.get(k, ([], None))
+            crops = boxes_to_crops(im.width, im.height, boxes, self.cfg.box_rule) if boxes else []
+            if k in grounded and not crops:
+                results[s.id] = Skipped(s.id, f"needs a crop, but the {source} grounder gave no evidence box")
+                continue
+            image = os.path.relpath((root / s.image).resolve(), rel_dir.resolve())
+            turns = (format_tool_call(crops), s.answers[0]) if crops else (s.answers[0],)
+            results[s.id] = Trajectory(
+                s.id, image, s.question, tuple(s.answers), s.metric, split, bool(crops), tuple(crops),
+                turns, low[k], full[k], lows[k], fulls[k], s.needs_high_res,
+                tuple(tuple(map(float, b)) for b in boxes), source,
+            )
+        return [results[s.id] for s in samples]
+
+
+def build_trajectories(samples: Sequence[Sample], root: str | Path, engine, tokenizer, judge_fn: JudgeFn,
+                       cfg: TrajectoryConfig, out: str | Path | None = None, grounder: Grounder | None = None,
+                       split: str | None = None, limit: int | None = None, progress: bool = True,
+                       manifest: dict | None = None) -> list[Trajectory]:
+    """Trajectories of ``samples`` (images under ``root``), in sample order.
+
+    With ``out``, results are appended to ``out`` batch by batch and ids already there (or in its
+    ``.skipped.jsonl``) are not redone; ``limit`` caps the NEW samples processed by this call.
+    ``manifest`` (e.g. ``{"model": path}``) joins the config in ``out``'s manifest: a rerun with
+    other settings raises. Returns every trajectory of ``samples`` done so far (old and new).
+    """
+    builder = TrajectoryBuilder(engine, tokenizer, judge_fn, cfg, grounder)
+    out_dir = Path(out).parent if out is not None else None
+
+    def process(batches: list[list[Sample]]) -> Iterator[list[Trajectory | Skipped]]:
+        return (builder.process(b, root, out_dir, split) for b in batches)
+
+    return run_batches(samples, cfg, process, out, limit, progress, manifest)
+
+
+def _paths(out: Path) -> tuple[Path, Path, Path]:
+    stem = out.with_suffix("")
+    return (stem.with_name(stem.name + ".skipped.jsonl"), stem.with_name(stem.name + ".manifest.json"),
+            stem.with_name(stem.name + ".stats.json"))
+
+
+def _check_manifest(path: Path, cfg: TrajectoryConfig, extra: dict | None) -> None:
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("batch_size", "num_workers")}
+    manifest = json.loads(json.dumps({"config": settings, **(extra or {})}))
+    if path.exists():
+        if json.loads(path.read_text()) != manifest:
+            raise TrajectoryError(str(path), "config", "these trajectories were built with other settings "
+                                  "(trajectories config, model or data); use a fresh --out, or the same settings to resume")
+    else:
+        path.write_text(json.dumps(manifest, indent=1))
+
+
+def _done_ids(out: Path) -> tuple[dict[str, Trajectory], set[str]]:
+    """What an earlier run wrote. A bad LAST line is an interrupted write: it is dropped."""
+    skipped_path = _paths(out)[0]
+    for path in (out, skipped_path):
+        text = path.read_text(encoding="utf-8") if path.exists() else ""
+        if text and not text.endswith("\n"):
+            head, _, last = text.rpartition("\n")
+            try:
+                json.loads(last)
+                path.write_text(text + "\n", encoding="utf-8")
+            except json.JSONDecodeError:
+                log.warning("%s: dropping a truncated last line (interrupted write)", path)
+                path.write_text(head + "\n" if head else "", encoding="utf-8")
+    done = {t.id: t for t in read_trajectories(out)} if out.exists() else {}
+    skipped = {json.loads(line)["id"] for _, line in iter_jsonl(skipped_path)} if skipped_path.exists() else set()
+    return done, skipped
+
+
+def run_batches(samples: Sequence[Sample], cfg: TrajectoryConfig,
+                process: Callable[[list[list[Sample]]], Iterator[list[Trajectory | Skipped]]],
+                out: str | Path | None = None, limit: int | None = None, progress: bool = True,
+                manifest: dict | None = None) -> list[Trajectory]:
+    """The resumable batch loop: ``process`` maps batches to results, in order."""
+    done: dict[str, Trajectory] = {}
+    skipped: set[str] = set()
+    if out is not None:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _check_manifest(_paths(out)[1], cfg, manifest)
+        done, skipped = _done_ids(out)
+    todo = [s for s in samples if s.id not in done and s.id not in skipped]
+    already, todo = len(samples) - len(todo), todo[:limit]
+    batches = [todo[i:i + cfg.batch_size] for i in range(0, len(todo), cfg.batch_size)]
+    with tqdm(total=already + len(todo), initial=already, desc="trajectories", disable=not progress,
+              dynamic_ncols=True) as bar:
+        for results in process(batches):
+            new = [r for r in results if isinstance(r, Trajectory)]
+            if out is not None:
+                _append(out, [t.to_line() for t in new])
+                _append(_paths(out)[0], [json.dumps(asdict(r)) for r in results if isinstance(r, Skipped)])
+            done.update((t.id, t) for t in new)
+            bar.update(len(results))
+            bar.set_postfix(crops=sum(t.needs_crop for t in done.values()))
+    return [done[s.id] for s in samples if s.id in done]
+
+
+def _append(path: Path, lines: list[str]) -> None:
+    if lines:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write("".join(line + "\n" for line in lines))
+
+
+# ---------------------------------------------------------------- Ray fan-out
+class TrajectoryWorker:
+    """A Ray actor body: its own engine (and grounding engine) built from the recipe parts."""
+
+    def __init__(self, model_dir: str, rollout, model, cfg: TrajectoryConfig, reward_cfg, seed: int = 0,
+                 dist=None) -> None:
+        self.builder = make_builder(model_dir, rollout, model, cfg, reward_cfg, seed)
+
+    def process_shard(self, shard: list[list[Sample]], root, out_dir, split) -> list[list[Trajectory | Skipped]]:
+        return [self.builder.process(batch, root, out_dir, split) for batch in shard]
+
+
+def make_builder(model_dir: str | Path, rollout, model, cfg: TrajectoryConfig, reward_cfg, seed: int = 0) -> TrajectoryBuilder:
+    """Engine (``rollout.backend``), judge and grounder for ``model_dir`` -> a TrajectoryBuilder."""
+    from awares_rl.models import load_processor
+    from awares_rl.rollout import make_engine
+
+    engine = make_engine(rollout, model, model_dir, seed=seed)
+    grounder = None
+    if cfg.grounder != "dataset":
+        gdir = cfg.grounder_model or model_dir
+        gengine = engine if cfg.grounder_model is None else make_engine(rollout, model, gdir, seed=seed)
+        processor = load_processor(gdir)
+        grounder = VLMGrounder(gengine, processor.tokenizer, cfg.box_coords, processor.image_processor,
+                               cfg.grounding_prompt, cfg.grounder_max_new_tokens)
+    return TrajectoryBuilder(engine, engine_tokenizer(engine), make_judge_fn(cfg, reward_cfg), cfg, grounder)
+
+
+def engine_tokenizer(engine):
+    """The tokenizer of an HFEngine (its processor's) or a VLLMEngine."""
+    return engine.processor.tokenizer if hasattr(engine, "processor") else engine.tokenizer
+
+
+def fan_out(group, num_workers: int, batches: list[list[Sample]], root, out_dir,
+            split) -> Iterator[list[Trajectory | Skipped]]:
+    """Rounds of ``num_workers`` batches on an ``ActorGroup`` of TrajectoryWorkers, one batch per
+    actor (an idle actor gets an empty one); results in batch order, so the file is the same."""
+    for i in range(0, len(batches), num_workers):
+        round_ = batches[i:i + num_workers]
+        padded = round_ + [[]] * (num_workers - len(round_))
+        shards = group.call_split("process_shard", padded, root, out_dir, split)
+        yield from (r for shard in shards for r in shard)
+
+
+def ray_process(worker_args: tuple, num_workers: int, rollout, root, out_dir, split):
+    """A ``process`` for ``run_batches`` that starts the actors (Ray) and fans batches out."""
+    import ray
+
+    from cluster.actor_group import ActorGroup
+
+    def process(batches: list[list[Sample]]) -> Iterator[list[Trajectory | Skipped]]:
+        if not ray.is_initialized():
+            ray.init(include_dashboard=False, log_to_driver=False)
+        group = ActorGroup(TrajectoryWorker, num_workers, *worker_args,
+                           cpus_per_actor=rollout.cpus_per_worker, gpus_per_actor=rollout.gpus_per_worker)
+        try:
+            yield from fan_out(group, num_workers, batches, root, out_dir, split)
+        finally:
+            group.shutdown()
+
+    return process
+
+
+# ---------------------------------------------------------------- report
+def _group_stats(trajs: Sequence[Trajectory], threshold: float) -> dict[str, Any]:
+    n = len(trajs)
+    share = lambda xs: round(sum(xs) / n, 4) if n else None  # noqa: E731
+    return {"n": n, "needs_crop": share([t.needs_crop for t in trajs]),
+            "low_res_accuracy": share([t.low_res_score >= threshold for t in trajs]),
+            "full_res_accuracy": share([t.full_res_score >= threshold for t in trajs])}
+
+
+def trajectory_stats(trajs: Sequence[Trajectory], skipped: Sequence[dict], threshold: float) -> dict[str, Any]:
+    """Crop share, accuracies (overall, by metric, by split), crop-id histogram, and agreement of
+    the judge's needs_crop with the generator's ``needs_high_res`` where it is known."""
+    by: dict[str, dict[str, list[Trajectory]]] = {"metric": defaultdict(list), "split": defaultdict(list)}
+    for t in trajs:
+        by["metric"][t.metric or "none"].append(t)
+        by["split"][t.split or "none"].append(t)
+    known = [t for t in trajs if t.needs_high_res is not None]
+    confusion = Counter(f"high_res_{t.needs_high_res}_crop_{t.needs_crop}".lower() for t in known)
+    agree = sum(t.needs_high_res == t.needs_crop for t in known)
+    return {
+        "overall": _group_stats(trajs, threshold),
+        "by_metric": {k: _group_stats(v, threshold) for k, v in sorted(by["metric"].items())},
+        "by_split": {k: _group_stats(v, threshold) for k, v in sorted(by["split"].items())},
+        "crop_id_histogram": {str(c): sum(c in t.crop_ids for t in trajs) for c in range(9)},
+        "crops_per_call": dict(sorted(Counter(str(len(t.crop_ids)) for t in trajs if t.needs_crop).items())),
+        "box_source": dict(Counter(t.box_source for t in trajs if t.needs_crop)),
+        "needs_high_res_agreement": {
+            "n_known": len(known), "agreement": round(agree / len(known), 4) if known else None,
+            **{f"high_res_{a}_crop_{b}": confusion[f"high_res_{a}_crop_{b}"]
+               for a in ("true", "false") for b in ("true", "false")},
+        },
+        "skipped": len(skipped),
+        "skipped_reasons": dict(Counter(r["reason"].split(":")[0] for r in skipped)),
+        "correct_threshold": threshold,
+    }
+
+
+def write_report(out: str | Path, threshold: float) -> dict[str, Any]:
+    """Stats of the whole output file (old and new lines) -> ``X.stats.json``; returns them."""
+    out = Path(out)
+    skipped_path, _, stats_path = _paths(out)
+    skipped = [json.loads(line) for _, line in iter_jsonl(skipped_path)] if skipped_path.exists() else []
+    stats = trajectory_stats(read_trajectories(out) if out.exists() else [], skipped, threshold)
+    stats_path.write_text(json.dumps(stats, indent=1))
+    return stats
+
+
+def stats_table(stats: dict[str, Any]) -> Table:
+    """The report as a rich table: one row overall, then by metric and by split."""
+    pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+    table = Table(title="SFT trajectories")
+    for col in ("group", "n", "needs crop", "low-res acc", "full-res acc"):
+        table.add_column(col, justify="left" if col == "group" else "right")
+    rows = [("all", stats["overall"])] + [(f"metric={k}", v) for k, v in stats["by_metric"].items()]
+    rows += [(f"split={k}", v) for k, v in stats["by_split"].items()]
+    for name, g in rows:
+        table.add_row(name, str(g["n"]), pct(g["needs_crop"]), pct(g["low_res_accuracy"]), pct(g["full_res_accuracy"]))
+    hist = " ".join(f"{c}:{n}" for c, n in stats["crop_id_histogram"].items())
+    agree = stats["needs_high_res_agreement"]
+    table.caption = (f"crop ids {hist} | needs_high_res agreement {pct(agree['agreement'])} of "
+                     f"{agree['n_known']} | skipped {stats['skipped']}")
+    return table
+
+
+# ---------------------------------------------------------------- the command
+def trajectories_from_recipe(recipe: str | Path, overrides: Sequence[str] = (), split: str = "train",
+                             model_dir: str | Path | None = None, out: str | Path | None = None,
+                             limit: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """``awares-rl data trajectories``: build (or resume) a split's trajectories; returns the stats."""
+    from awares_rl.config import load_recipe
+    from awares_rl.config_io import ConfigError
+    from awares_rl.workspace import ensure_data
+    from data_pipeline.datasets import read_samples
+
+    rcfg = load_recipe(recipe, list(overrides))
+    cfg: TrajectoryConfig = getattr(rcfg, "trajectories", TrajectoryConfig())
+    if cfg.low_res_scale != rcfg.rollout.low_res_scale:
+        raise ConfigError(f"trajectories.low_res_scale={cfg.low_res_scale} differs from rollout.low_res_scale="
+                          f"{rcfg.rollout.low_res_scale}: set both to the view the policy sees")
+    data_file = ensure_data(rcfg, split)
+    samples = read_samples(data_file)[0]
+    model_dir = Path(model_dir or rcfg.model.path or _base_model(rcfg))
+    out = Path(out) if out else rcfg.run.dir / "trajectories" / f"{split}.jsonl"
+    meta = {"model": str(model_dir.resolve()), "data": str(data_file.resolve())}
+    if cfg.num_workers > 1:
+        args = (str(model_dir), rcfg.rollout, rcfg.model, cfg, rcfg.reward, rcfg.run.seed)
+        process = ray_process(args, cfg.num_workers, rcfg.rollout, data_file.parent, out.parent, split)
+        run_batches(samples, cfg, process, out, limit, progress, meta)
+    else:
+        builder = make_builder(model_dir, rcfg.rollout, rcfg.model, cfg, rcfg.reward, rcfg.run.seed)
+        run_batches(samples, cfg, lambda bs: (builder.process(b, data_file.parent, out.parent, split) for b in bs),
+                    out, limit, progress, meta)
+    stats = write_report(out, cfg.correct_threshold)
+    Console().print(stats_table(stats))
+    print(f"wrote {stats['overall']['n']} trajectories to {out} ({stats['skipped']} skipped)")
+    return stats
+
+
+def _base_model(rcfg) -> Path:
+    from awares_rl.config_io import ConfigError
+    from awares_rl.run_paths import RunPaths
+
+    base = RunPaths(rcfg.run.dir).model("base")
+    if not (base / "config.json").is_file():
+        raise ConfigError(f"no base model at {base}: run `awares-rl pretrain` first, or pass --model DIR "
+                          "(or set model.path)")
+    return base

@@ -1,0 +1,155 @@
+"""The synthetic benchmark: determinism, split disjointness, evidence boxes, low-res loss of
+small details, resume, config validation, and the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import awares_rl  # noqa: F401  (torchvision shim before transformers / datasets)
+from awares_rl.crops import boxes_to_crops, low_res_view
+from data_pipeline.cli import add_data_parsers
+from data_pipeline.config import SynthConfig
+from data_pipeline.datasets import load_hf_dataset, read_samples
+from data_pipeline.render import PALETTE
+from data_pipeline.scene import make_scene, sample_seed
+from data_pipeline.synthetic import generate, split_overlap
+
+CFG = SynthConfig(count_weight=0.2, digit_weight=0.1)
+
+
+def _scenes(split: str, n: int, cfg: SynthConfig = CFG):
+    return [make_scene(0, split, i, cfg) for i in range(n)]
+
+
+def test_same_seed_same_bytes(tmp_path):
+    a = generate(tmp_path / "a", 6, seed=3, split="val", progress=False)
+    b = generate(tmp_path / "b", 6, seed=3, split="val", progress=False)
+    assert a.read_bytes() == b.read_bytes()
+    for line in a.read_text().splitlines():
+        image = json.loads(line)["image"]
+        assert (a.parent / image).read_bytes() == (b.parent / image).read_bytes()
+    c = generate(tmp_path / "c", 6, seed=4, split="val", progress=False)
+    assert c.read_bytes() != a.read_bytes()
+
+
+def test_splits_are_disjoint(tmp_path):
+    assert len({sample_seed(0, s, i) for s in ("train", "val", "test") for i in range(500)}) == 1500
+    train = generate(tmp_path, 12, split="train", progress=False)
+    val = generate(tmp_path, 12, split="val", progress=False)
+    assert split_overlap(train, val) == {"images": [], "pairs": []}
+    assert split_overlap(train, train)["images"]  # the check does see a leak
+
+
+def test_evidence_box_lies_on_the_answering_detail():
+    for sample, image in _scenes("train", 40):
+        pixels = np.asarray(image).astype(int)
+        panel = sample.meta["panels"][sample.meta["panel"]]
+        colour = np.array(PALETTE[panel["colour"]])
+        px1, py1, px2, py2 = panel["panel_box"]
+        inside_panel = np.zeros(pixels.shape[:2], bool)
+        inside_panel[py1:py2, px1:px2] = True
+        in_box = np.zeros_like(inside_panel)
+        for x1, y1, x2, y2 in sample.evidence_boxes:
+            assert px1 <= x1 < x2 <= px2 and py1 <= y1 < y2 <= py2
+            region = pixels[int(y1):int(y2), int(x1):int(x2)]
+            assert np.abs(region - colour).sum(-1).max() > 60  # the detail differs from the panel
+            in_box[int(y1):int(y2), int(x1):int(x2)] = True
+        outside = pixels[inside_panel & ~in_box]
+        assert np.abs(outside - colour).sum(-1).max() == 0  # the rest of the panel is plain
+
+
+def test_evidence_maps_to_the_panels_quadrant_crop():
+    for sample, _ in _scenes("val", 30):
+        w, h = sample.meta["width"], sample.meta["height"]
+        quadrant = sample.meta["panels"][sample.meta["panel"]]["quadrant"]
+        assert boxes_to_crops(w, h, sample.evidence_boxes) == [quadrant]
+
+
+def _interior_std(image: Image.Image, box, scale: float) -> float:
+    x1, y1, x2, y2 = (int(round(v * scale)) for v in box)
+    region = np.asarray(image).astype(float)[y1 + 3 : y2 - 3, x1 + 3 : x2 - 3]
+    return float(region.std(axis=(0, 1)).max())
+
+
+def test_low_res_loses_small_details_and_keeps_large_ones():
+    cfg = SynthConfig(small_detail_share=0.5, pattern_weight=1.0, shape_weight=0.0)
+    seen = {"small": 0, "large": 0}
+    for sample, image in _scenes("train", 16, cfg):
+        box, tier = sample.evidence_boxes[0], sample.meta["tier"]
+        seen[tier] += 1
+        full, low = _interior_std(image, box, 1.0), _interior_std(low_res_view(image), box, 0.5)
+        assert full > 40  # a high-contrast texture at full resolution
+        if tier == "small":
+            assert sample.needs_high_res and low < 1.0  # flat: the 1-px texture averaged away
+        else:
+            assert not sample.needs_high_res and low > 30  # 4-px cells survive the 0.5 view
+    assert seen["small"] and seen["large"]
+
+
+def test_small_share_and_sizes_follow_the_config():
+    scenes = _scenes("train", 200, SynthConfig())
+    share = np.mean([s.needs_high_res for s, _ in scenes])
+    assert 0.14 < share < 0.30  # default 0.22
+    for _, im in scenes:
+        assert 448 <= im.width <= 672 and 448 <= im.height <= 672 and im.width % 56 == 0
+
+
+def test_resume_keeps_existing_and_fills_the_rest(tmp_path):
+    path = generate(tmp_path, 5, progress=False)
+    first = path.read_text().splitlines()
+    (tmp_path / "images" / "train-000003.png").unlink()  # an interrupted run: image missing
+    path.write_text("\n".join(first[:4]) + '\n{"id": "train-0000')  # ...and a torn last line
+    mtime = (tmp_path / "images" / "train-000000.png").stat().st_mtime_ns
+    generate(tmp_path, 8, progress=False)
+    samples, _ = read_samples(path)
+    assert [s.id for s in samples] == [f"train-{i:06d}" for i in range(8)]
+    assert path.read_text().splitlines()[:5] == first  # regenerated bytes are identical
+    assert (tmp_path / "images" / "train-000000.png").stat().st_mtime_ns == mtime  # kept
+    with pytest.raises(ValueError, match="other settings"):
+        generate(tmp_path, 8, seed=1, progress=False)
+
+
+def test_process_pool_backend_matches_serial(tmp_path):
+    a = generate(tmp_path / "a", 70, workers=2, backend="process", progress=False)
+    b = generate(tmp_path / "b", 70, backend="serial", progress=False)
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_loads_as_hf_dataset(tmp_path):
+    ds = load_hf_dataset(generate(tmp_path, 3, progress=False))
+    assert len(ds) == 3 and ds[0]["image"].size[0] >= 448
+    assert ds[0]["metric"] == "exact" and len(ds[0]["evidence_boxes"][0]) == 4
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"min_side": 450}, "min_side"),
+        ({"side_step": 28}, "side_step"),
+        ({"small_detail_share": 1.5}, "small_detail_share"),
+        ({"large_cell": 1}, "large_cell"),
+        ({"pattern_weight": 0.0, "shape_weight": 0.0}, "pattern_weight"),
+        ({"pattern_weight": 0.0}, "small_detail_share"),
+        ({"min_side": 672, "max_side": 448}, "min_side"),
+    ],
+)
+def test_config_errors_name_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        SynthConfig(**kwargs)
+
+
+def test_cli_synth(tmp_path):
+    parser = argparse.ArgumentParser(prog="awares-rl")
+    add_data_parsers(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(
+        ["data", "synth", "--out", str(tmp_path), "--n", "3", "--seed", "1", "--split", "test",
+         "--set", "max_side=560"]
+    )
+    assert args.func(args) == 0
+    samples, _ = read_samples(tmp_path / "test.jsonl")
+    assert len(samples) == 3 and all(s.meta["width"] <= 560 for s in samples)
