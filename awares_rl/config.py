@@ -9,6 +9,7 @@ from typing import Literal
 from awares_rl.config_io import ConfigError, load_yaml
 from awares_rl.models.tiny import TinyModelConfig
 from data_pipeline.config import SynthConfig
+from data_pipeline.trajectories import TrajectoryConfig
 from reward.config import RewardConfig
 
 
@@ -85,6 +86,100 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class LearnerConfig:
+    backend: Literal["deepspeed", "torch"] = "deepspeed"  # torch: plain torch, grads all-reduced by hand
+    num_workers: int = 1  # data-parallel LearnerWorker actors
+    zero_stage: int = 2  # DeepSpeed ZeRO stage 0-3 (backend=deepspeed)
+    cpus_per_worker: float = 1.0  # also each worker's torch thread count (at least 1)
+    gpus_per_worker: float = 0.0  # 1.0 on GPU clusters (NCCL; bf16 when model.dtype=bfloat16)
+    micro_batch_size: int = 4  # sequences per forward/backward; gradients accumulate over a step
+    gradient_checkpointing: bool = False  # recompute activations in backward (large models)
+    use_ray: bool = True  # false: one worker inside the driver process (needs num_workers=1)
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 1 or self.micro_batch_size < 1:
+            raise ValueError("learner.num_workers and learner.micro_batch_size must be >= 1")
+        if not 0 <= self.zero_stage <= 3:
+            raise ValueError(f"learner.zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
+        if not self.use_ray and self.num_workers != 1:
+            raise ValueError("learner.use_ray=false runs one worker in the driver: set learner.num_workers=1")
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    train_file: str | None = None  # trajectory JSONL; None = run_dir/trajectories/train.jsonl
+    val_file: str | None = None  # None = run_dir/trajectories/val.jsonl (validation skipped if absent)
+    steps: int = 200  # optimizer steps (the data is reshuffled each epoch)
+    batch_size: int = 16  # trajectories per step, across all workers
+    lr: float = 1e-4  # peak AdamW lr (linear warm-up, cosine decay to min_lr_ratio * lr)
+    warmup_steps: int = 10
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0  # on matrices only (not norms, biases)
+    grad_clip: float = 1.0  # max global grad norm; 0 = no clipping
+    tool_turn_weight: float = 5.0  # the paper's w on the GET_CROPS turn; answer turns get 1
+    normalize: Literal["weights", "tokens"] = "weights"  # loss / sum of weights, or / target tokens
+    val_every: int = 50  # steps between validation losses (0: only at the end)
+    val_samples: int = 64  # validation trajectories scored (0: all)
+    save_every: int = 0  # steps between resumable checkpoints (0: only the final model)
+    keep_checkpoints: int = 2  # resumable checkpoints kept
+    resume: bool = True  # continue from the newest complete checkpoint of this run
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError("sft.steps and sft.batch_size must be >= 1")
+        if self.lr <= 0 or self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError("sft.lr must be > 0, sft.warmup_steps >= 0, sft.min_lr_ratio in [0, 1]")
+        if self.tool_turn_weight <= 0:
+            raise ValueError(f"sft.tool_turn_weight must be > 0 (the paper uses 5), got {self.tool_turn_weight}")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    modes: list[Literal["low", "full", "policy"]] = field(default_factory=lambda: ["low", "full", "policy"])
+    split: Literal["train", "val", "test"] = "test"  # data split when no --data is given
+    n: int = 0  # samples evaluated (0: all)
+    batch_size: int = 16  # samples per engine call
+    max_new_tokens: int = 24  # per turn
+    correct_threshold: float = 0.5  # a judge score >= this counts as correct
+
+    def __post_init__(self) -> None:
+        if not self.modes or len(set(self.modes)) != len(self.modes):
+            raise ValueError(f"eval.modes must be a non-empty list of distinct modes, got {self.modes}")
+        if self.batch_size < 1 or self.max_new_tokens < 1 or self.n < 0:
+            raise ValueError("eval.batch_size and eval.max_new_tokens must be >= 1, eval.n >= 0")
+
+
+@dataclass(frozen=True)
+class GRPOConfig:
+    """Multi-turn GRPO (awares_rl.grpo): PPO-clip on group-relative advantages."""
+
+    steps: int = 30  # optimizer steps (one rollout batch each)
+    prompts_per_step: int = 8  # N prompts; N * G episodes a step
+    lr: float = 2e-5
+    warmup_steps: int = 0
+    clip_low: float = 0.2  # PPO ratio clipped to [1 - clip_low, 1 + clip_high]
+    clip_high: float = 0.28
+    kl_coef: float = 0.0  # beta * KL(pi || pi_ref) in the loss (0: no reference model needed)
+    kl_kind: Literal["k1", "k2", "k3"] = "k3"
+    agg: Literal["token-mean", "seq-mean-token-mean", "dr-grpo"] = "token-mean"
+    adv_scale: Literal["group", "none"] = "group"  # none = Dr.GRPO (no std normalisation)
+    tis_cap: float | None = 2.0  # truncated importance weight between rollout and learner logprobs
+    grad_clip: float = 1.0
+    save_every: int = 10  # resumable checkpoint every N steps (0: only the final model)
+    keep_checkpoints: int = 2
+    resume: bool = True  # continue from the newest complete checkpoint of this run
+    log_tables_every: int = 10  # an episode table (images with crop boxes) every N steps
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.prompts_per_step < 1:
+            raise ValueError("grpo.steps and grpo.prompts_per_step must be >= 1")
+        if not 0 <= self.clip_low < 1 or self.clip_high < 0:
+            raise ValueError(f"grpo.clip_low must be in [0, 1) and clip_high >= 0, got {self.clip_low}, {self.clip_high}")
+        if self.kl_coef < 0:
+            raise ValueError(f"grpo.kl_coef must be >= 0, got {self.kl_coef}")
+
+
+@dataclass(frozen=True)
 class RecipeConfig:
     run: RunConfig = field(default_factory=RunConfig)
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
@@ -94,6 +189,11 @@ class RecipeConfig:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    trajectories: TrajectoryConfig = field(default_factory=TrajectoryConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> RecipeConfig:

@@ -1,9 +1,8 @@
 """Submit a recipe to a Ray cluster as a Ray Job; status, logs and stop.
 
-Ray 2.60 enables token authentication on ``ray start --head``; a client must then run with
-``RAY_AUTH_MODE=token`` and find the token (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or
-``~/.ray/auth_token``). ``client()`` turns that on whenever a token is available, so users don't
-have to remember it; auth is never switched off.
+Keep token authentication on (Ray 2.60: ``ray get-auth-token --generate`` then
+``RAY_AUTH_MODE=token ray start --head``); ``client()`` finds the token (``RAY_AUTH_TOKEN``,
+``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``) and sends it, so users need no extra setting.
 """
 
 from __future__ import annotations
@@ -17,18 +16,23 @@ EXCLUDES = [".venv", ".git", "runs", "wandb", ".cache", "__pycache__", "*.egg-in
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
-def _token_available() -> bool:
-    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")
-    return bool(os.environ.get("RAY_AUTH_TOKEN")) or Path(path).is_file()
+def auth_token() -> str | None:
+    """The cluster token: ``RAY_AUTH_TOKEN``, else the file ``RAY_AUTH_TOKEN_PATH`` or
+    ``~/.ray/auth_token``; None when there is none."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return os.environ["RAY_AUTH_TOKEN"].strip()
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    return path.read_text().strip() if path.is_file() else None
 
 
 def client(address: str):
-    """A JobSubmissionClient for ``address`` (e.g. http://head:8265), token auth when available."""
-    if "RAY_AUTH_MODE" not in os.environ and _token_available():
-        os.environ["RAY_AUTH_MODE"] = "token"
+    """A JobSubmissionClient for ``address`` (e.g. http://head:8265) that sends the cluster token
+    as a bearer header whenever one is available (Ray caches its own auth mode at import, so an
+    explicit header is the reliable way)."""
     from ray.job_submission import JobSubmissionClient
 
-    return JobSubmissionClient(address)
+    token = auth_token()
+    return JobSubmissionClient(address, headers={"Authorization": f"Bearer {token}"} if token else None)
 
 
 def entrypoint(command: str, recipe: str, overrides: list[str]) -> str:

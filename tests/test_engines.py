@@ -6,6 +6,7 @@ import sys
 from types import SimpleNamespace
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from awares_rl.config import ModelConfig, RolloutConfig
@@ -118,3 +119,13 @@ def test_fallback_to_transformers_is_logged(tool_model_dir, monkeypatch, caplog)
     assert "falling back to the transformers engine" in caplog.text
     with pytest.raises(RuntimeError, match="rollout.backend=hf"):
         make_engine(RolloutConfig(backend="vllm", fallback_to_hf=False), ModelConfig(), tool_model_dir)
+
+
+def test_hf_weight_sync_takes_checkpoint_names(tiny_dir, tool_model_dir, hf_engine):
+    engine = HFEngine(str(tiny_dir))  # untrained
+    engine.load_weights(sorted(load_file(str(tool_model_dir / "model.safetensors")).items()), version=2)
+    synced, fresh = _run(engine, engine.processor.tokenizer), _run(hf_engine, hf_engine.processor.tokenizer)
+    assert [e.token_ids for e in synced] == [e.token_ids for e in fresh]
+    assert all(e.policy_version == 2 for e in synced)
+    with pytest.raises(KeyError, match="unknown parameter names"):
+        engine.load_weights([("not.a.weight", torch.zeros(1))], version=3)

@@ -85,12 +85,18 @@ class HFEngine:
 
     @torch.no_grad()
     def load_weights(self, named_tensors: list[tuple[str, torch.Tensor]], version: int) -> None:
+        """Copy tensors named as in a checkpoint (``model.layers.*``, ``visual.*``: what the learner
+        sends and vLLM takes) or as the module's own parameters into the model."""
+        from awares_rl.checkpoint import checkpoint_to_module_names
+
         params = dict(self.model.named_parameters())
-        unknown = [n for n, _ in named_tensors if n not in params]
+        to_module = checkpoint_to_module_names(self.model)
+        unknown = [n for n, _ in named_tensors if n not in params and n not in to_module]
         if unknown:
             raise KeyError(f"unknown parameter names {unknown[:3]} (of {len(unknown)}) in weight update")
         for name, tensor in named_tensors:
-            params[name].copy_(tensor.to(params[name].dtype))
+            target = params[name] if name in params else params[to_module[name]]
+            target.copy_(tensor.to(target.dtype))
         self.version = version
 
     def close(self) -> None:

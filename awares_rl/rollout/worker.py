@@ -18,10 +18,14 @@ from awares_rl.rollout import EpisodeRunner, EpisodeSettings, SamplingConfig, ma
 
 
 class RolloutWorker:
-    """Generates Episodes for a list of samples; accepts versioned weight updates."""
+    """Generates Episodes for a list of samples; accepts versioned weight updates.
+
+    ``dist`` (cluster.actor_group.DistInfo) is accepted so that rollout workers are placed by the
+    same ActorGroup as learners; rollout workers do not join a torch.distributed group.
+    """
 
     def __init__(self, rollout: RolloutConfig, model: ModelConfig, model_path: str, seed: int = 0,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, dist=None) -> None:
         torch.set_num_threads(threads or max(1, int(rollout.cpus_per_worker)))
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(rollout.kv_cache_gib))
         self.cfg = rollout

@@ -1,0 +1,271 @@
+"""``awares-rl eval``: accuracy against cost for three ways of answering (shared/AWARES.md table).
+
+- ``low``: one turn on the low-res view, the plain VQA prompt the base model was trained with
+  (``data_pipeline.grounding.vqa_prompt_ids``: no tool prompt), RTR = low / full pixels (0.25).
+- ``full``: one turn on the whole image, same prompt, RTR = 1.
+- ``policy``: the AwaRes episode (``EpisodeRunner``, greedy): low-res view, optional GET_CROPS,
+  answer; the paper's RTR per episode.
+
+Per mode: accuracy (judge score >= ``eval.correct_threshold``; the judge is chosen by the sample's
+metric through ``reward.judges.BENCHMARK_JUDGES``, exact match when it has none) overall and by
+metric, mean judge score, paper RTR, the exact visual tokens the processor produced and their
+ratio to the full-res image's, seconds per sample (engine wall time / batch size), and for the
+policy the crop rate, tool-call validity and, given trajectory labels (``needs_crop``), the
+crop-decision accuracy and the Jaccard overlap of the crops taken with the labelled ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+from rich.console import Console
+from rich.table import Table
+
+from awares_rl.config import RecipeConfig, load_recipe
+from awares_rl.crops import low_res_view, retained_token_ratio
+from awares_rl.images import load_image
+from awares_rl.rollout import EpisodeRunner, EpisodeSettings, SamplingConfig, make_engine
+from awares_rl.rollout.engine import GenRequest
+from awares_rl.tokens import IMAGE_TOKEN, image_token_counts
+from data_pipeline.grounding import vqa_prompt_ids
+from data_pipeline.sample import Sample, iter_jsonl
+from data_pipeline.trajectories import Trajectory
+from reward.judges import BENCHMARK_JUDGES
+from reward.scoring import run_judge
+
+MODES = ("low", "full", "policy")
+
+
+@dataclass
+class EvalItem:
+    """A sample, and its trajectory label when one is known."""
+
+    sample: Sample
+    needs_crop: bool | None = None
+    crop_ids: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Prediction:
+    """One answer of one mode, and what it cost."""
+
+    sample_id: str
+    answer: str | None
+    visual_tokens: int
+    full_visual_tokens: int
+    rtr: float
+    seconds: float
+    crop_ids: list[int] = field(default_factory=list)
+    tool_call: str = "none"  # none | valid | invalid:<reason> (policy mode)
+    score: float = 0.0
+    correct: bool = False
+
+
+def read_items(path: str | Path) -> list[EvalItem]:
+    """Sample JSONL or trajectory JSONL (then ``needs_crop`` / ``crop_ids`` are the labels)."""
+    items = []
+    for lineno, line in iter_jsonl(path):
+        obj, where = json.loads(line), f"{path}:{lineno}"
+        if "turns" in obj:
+            t = Trajectory.from_json(obj, where)
+            s = Sample(t.id, t.image, t.question, t.answers, metric=t.metric, needs_high_res=t.needs_high_res)
+            items.append(EvalItem(s, t.needs_crop, list(t.crop_ids)))
+        else:
+            items.append(EvalItem(Sample.from_json(obj, where)))
+    return items
+
+
+def attach_labels(items: list[EvalItem], trajectories: str | Path) -> None:
+    """Set ``needs_crop`` / ``crop_ids`` of the items whose id a trajectory file labels."""
+    labels = {i.sample.id: i for i in read_items(trajectories)}
+    for item in items:
+        if item.sample.id in labels:
+            item.needs_crop, item.crop_ids = labels[item.sample.id].needs_crop, labels[item.sample.id].crop_ids
+
+
+def _single_turn(engine, processor, items: list[EvalItem], images: list[Image.Image], mode: str,
+                 sampling: SamplingConfig, scale: float) -> list[Prediction]:
+    tok = processor.tokenizer
+    views = [low_res_view(im, scale) if mode == "low" else im for im in images]
+    reqs = [GenRequest(vqa_prompt_ids(tok, it.sample.question), [v]) for it, v in zip(items, views)]
+    t0 = time.perf_counter()
+    outs = engine.generate(reqs, sampling)
+    per_sample = (time.perf_counter() - t0) / len(items)
+    image_id = tok.convert_tokens_to_ids(IMAGE_TOKEN)
+    full = image_token_counts(processor.image_processor, images)
+    return [
+        Prediction(it.sample.id, tok.decode(o.token_ids, skip_special_tokens=True).strip(),
+                   o.prompt_ids.count(image_id), n_full,
+                   retained_token_ratio(im.width, im.height, [], v.size) if mode == "low" else 1.0, per_sample)
+        for it, im, v, o, n_full in zip(items, images, views, outs, full)
+    ]
+
+
+def _policy(engine, processor, items: list[EvalItem], images: list[Image.Image],
+            sampling: SamplingConfig, settings: EpisodeSettings) -> list[Prediction]:
+    runner = EpisodeRunner(engine, processor.tokenizer, settings)
+    t0 = time.perf_counter()
+    episodes = runner.run([it.sample for it in items], 1, sampling, images=images)
+    per_sample = (time.perf_counter() - t0) / len(items)
+    full = image_token_counts(processor.image_processor, images)
+    preds = []
+    for ep, n_full in zip(episodes, full):
+        call = f"invalid:{ep.invalid_tool_call}" if ep.invalid_tool_call else "valid" if ep.crop_ids else "none"
+        preds.append(Prediction(ep.sample_id, ep.final_answer, ep.visual_tokens, n_full, ep.rtr, per_sample,
+                                list(ep.crop_ids), call))
+    return preds
+
+
+def run_mode(engine, processor, items: list[EvalItem], root: Path, mode: str, cfg: RecipeConfig) -> list[Prediction]:
+    """Predictions of ``mode`` for all items, in batches of ``eval.batch_size``."""
+    if mode not in MODES:
+        raise ValueError(f"unknown eval mode {mode!r}; choose from {MODES}")
+    sampling = SamplingConfig(temperature=0.0, max_new_tokens=cfg.eval.max_new_tokens)
+    settings = EpisodeSettings(cfg.rollout.low_res_scale, cfg.rollout.max_crops)
+    preds: list[Prediction] = []
+    for i in range(0, len(items), cfg.eval.batch_size):
+        batch = items[i:i + cfg.eval.batch_size]
+        images = [load_image(root / it.sample.image, cfg.data.max_image_pixels) for it in batch]
+        if mode == "policy":
+            preds += _policy(engine, processor, batch, images, sampling, settings)
+        else:
+            preds += _single_turn(engine, processor, batch, images, mode, sampling, cfg.rollout.low_res_scale)
+    return preds
+
+
+def judge_name(metric: str | None) -> str:
+    return BENCHMARK_JUDGES.get(metric or "exact", "exact_match")
+
+
+def score(preds: list[Prediction], items: list[EvalItem], cfg: RecipeConfig) -> None:
+    """Set ``score`` and ``correct`` of each prediction (no answer scores 0), one judge call per metric."""
+    by_judge: dict[str, list[int]] = defaultdict(list)
+    for k, (p, it) in enumerate(zip(preds, items)):
+        if p.answer is not None:
+            by_judge[judge_name(it.sample.metric)].append(k)
+    for name, idx in by_judge.items():
+        got, _ = run_judge(name, [preds[k].answer or "" for k in idx],
+                           [list(items[k].sample.answers) for k in idx], cfg.reward)
+        for k, s in zip(idx, got):
+            preds[k].score, preds[k].correct = float(s), float(s) >= cfg.eval.correct_threshold
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+def summarize(preds: list[Prediction], items: list[EvalItem], mode: str = "policy") -> dict:
+    """Aggregates of one mode (accuracies in percent); tool and crop-decision measures for the policy."""
+    by_metric: dict[str, list[bool]] = defaultdict(list)
+    for p, it in zip(preds, items):
+        by_metric[it.sample.metric or "exact"].append(p.correct)
+    out = {
+        "n": len(preds),
+        "accuracy": 100 * _mean([float(p.correct) for p in preds]),
+        "score": _mean([p.score for p in preds]),
+        "by_metric": {m: {"accuracy": 100 * _mean([float(c) for c in v]), "n": len(v)} for m, v in sorted(by_metric.items())},
+        "rtr": _mean([p.rtr for p in preds]),
+        "visual_tokens": _mean([float(p.visual_tokens) for p in preds]),
+        "visual_token_ratio": _mean([p.visual_tokens / max(p.full_visual_tokens, 1) for p in preds]),
+        "seconds_per_sample": _mean([p.seconds for p in preds]),
+    }
+    if mode != "policy":
+        return out
+    out["crop_rate"] = 100 * _mean([float(bool(p.crop_ids)) for p in preds])
+    calls = [p for p in preds if p.tool_call != "none"]
+    out["tool_call_validity"] = 100 * _mean([float(p.tool_call == "valid") for p in calls]) if calls else None
+    labelled = [(p, it) for p, it in zip(preds, items) if it.needs_crop is not None]
+    if labelled:
+        out["crop_decision_accuracy"] = 100 * _mean([float(bool(p.crop_ids) == it.needs_crop) for p, it in labelled])
+        both = [(set(p.crop_ids), set(it.crop_ids)) for p, it in labelled if p.crop_ids and it.crop_ids]
+        out["crop_jaccard"] = _mean([len(a & b) / len(a | b) for a, b in both]) if both else None
+    return out
+
+
+ROWS = (  # (label, summary key, format)
+    ("samples", "n", "d"), ("accuracy %", "accuracy", ".1f"), ("judge score", "score", ".3f"),
+    ("RTR (paper)", "rtr", ".3f"), ("visual tokens", "visual_tokens", ".1f"),
+    ("visual tokens / full", "visual_token_ratio", ".3f"), ("seconds / sample", "seconds_per_sample", ".3f"),
+    ("crop rate %", "crop_rate", ".1f"), ("valid tool calls %", "tool_call_validity", ".1f"),
+    ("crop decision acc %", "crop_decision_accuracy", ".1f"), ("crop Jaccard", "crop_jaccard", ".3f"),
+)
+
+
+def results_table(summary: dict[str, dict]) -> Table:
+    """One column per mode, one row per measure (and one per metric's accuracy)."""
+    table = Table(title="AwaRes evaluation")
+    table.add_column("")
+    for mode in summary:
+        table.add_column(mode, justify="right")
+
+    def add(label: str, values: list, spec: str) -> None:
+        table.add_row(label, *("-" if v is None or v != v else format(v, spec) for v in values))
+
+    for label, key, spec in ROWS:
+        add(label, [s.get(key) for s in summary.values()], spec)
+    metrics = sorted({m for s in summary.values() for m in s["by_metric"]})
+    for m in metrics if len(metrics) > 1 else ():
+        add(f"accuracy % ({m})", [s["by_metric"].get(m, {}).get("accuracy") for s in summary.values()], ".1f")
+    return table
+
+
+def evaluate(cfg: RecipeConfig, checkpoint: str | Path, data: str | Path,
+             trajectories: str | Path | None = None) -> dict:
+    """Run every mode of ``cfg.eval.modes`` on ``data``; returns {"summary", "samples", ...}."""
+    from awares_rl.models import load_processor
+
+    items = read_items(data)[: cfg.eval.n or None]
+    if not items:
+        raise ValueError(f"{data} has no samples")
+    if trajectories:
+        attach_labels(items, trajectories)
+    processor = load_processor(checkpoint)
+    engine = make_engine(cfg.rollout, cfg.model, checkpoint, seed=cfg.run.seed)
+    summary, samples = {}, {}
+    try:
+        for mode in cfg.eval.modes:
+            preds = run_mode(engine, processor, items, Path(data).parent, mode, cfg)
+            score(preds, items, cfg)
+            summary[mode], samples[mode] = summarize(preds, items, mode), [dataclasses.asdict(p) for p in preds]
+    finally:
+        engine.close()
+    return {"checkpoint": str(checkpoint), "data": str(data), "engine": type(engine).__name__,
+            "batch_size": cfg.eval.batch_size, "summary": summary, "samples": samples}
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from awares_rl.run_paths import RunPaths
+    from awares_rl.workspace import ensure_data
+
+    cfg = load_recipe(args.recipe, args.overrides)
+    checkpoint = Path(args.checkpoint) if args.checkpoint else RunPaths(cfg.run.dir).latest_model()
+    if checkpoint is None:
+        raise SystemExit("awares-rl eval: no --checkpoint and no model in the run directory")
+    data = Path(args.data) if args.data else ensure_data(cfg, cfg.eval.split)
+    report = evaluate(cfg, checkpoint, data, args.trajectories)
+    out = Path(args.out) if args.out else cfg.run.dir / "eval" / f"{checkpoint.name}_{data.stem}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    Console().print(results_table(report["summary"]))
+    print(f"results written to {out}")
+    return 0
+
+
+def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """``awares-rl eval --checkpoint DIR --data FILE.jsonl [--trajectories FILE] [key=value ...]``."""
+    p = subparsers.add_parser("eval", help="accuracy vs RTR: low-res, full-res and the AwaRes policy")
+    p.add_argument("--recipe", default="recipes/tiny_cpu.yaml", help="recipe YAML (engine, judges, eval.*)")
+    p.add_argument("--checkpoint", default=None, help="model dir (default: the run's newest stage)")
+    p.add_argument("--data", default=None, help="sample or trajectory JSONL (default: the eval.split of the run)")
+    p.add_argument("--trajectories", default=None, help="trajectory JSONL whose needs_crop labels to score against")
+    p.add_argument("--out", default=None, help="JSON report (default: <run>/eval/<checkpoint>_<data>.json)")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. eval.n=100")
+    p.set_defaults(func=run_eval)
+    return p

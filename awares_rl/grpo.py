@@ -1,0 +1,199 @@
+"""Multi-turn GRPO: rollout workers -> reward service -> learner update -> weight sync.
+
+The driver holds no model. Each step draws ``prompts_per_step`` samples, has the rollout workers
+run ``rollout.group_size`` 2-turn episodes for each, scores them with the reward pool, turns the
+rewards into group-relative advantages, runs the learner update, and pushes the new weights to
+every rollout worker (versioned: each Episode records the policy version that produced it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+
+import ray
+import torch
+from tqdm import tqdm
+
+from awares_rl.algo import group_advantages
+from awares_rl.checkpoint import TrainerState, latest_checkpoint, prune_checkpoints, step_dir
+from awares_rl.config import RecipeConfig, load_recipe
+from awares_rl.config_io import to_dict
+from awares_rl.episode import Episode
+from awares_rl.learner.batch import episode_to_sequence
+from awares_rl.learner.ppo import PPOClip, finish_stats
+from awares_rl.learner.worker import LearnerWorker, OptimSettings
+from awares_rl.rollout.worker import RolloutWorker
+from awares_rl.run_paths import RunPaths
+from awares_rl.sampling import PromptSampler, sampling_seed
+from awares_rl.tracking import Tracker, episode_metrics
+from awares_rl.workspace import ensure_data
+from cluster.actor_group import ActorGroup, ensure_ray, split_evenly
+from data_pipeline.datasets import read_samples
+from reward.service import RewardPool
+
+
+class StageTimer:
+    """Wall time per named stage of a step (rollout, reward, learner, sync)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str):
+        t0 = time.perf_counter()
+        yield
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - t0
+
+
+def episode_advantages(episodes: list[Episode], group_size: int, scale: str) -> torch.Tensor:
+    """Group-relative advantages of the episodes' total rewards (group-contiguous layout).
+
+    An episode that could not run (``error``) has reward 0 and is dropped from the loss by the
+    learner (its sequence is empty); it still counts in its group's statistics, so a broken image
+    cannot silently reshape the other episodes' advantages.
+    """
+    rewards = torch.tensor([ep.reward.total if ep.reward else 0.0 for ep in episodes])
+    return group_advantages(rewards, group_size, scale=scale)
+
+
+def start_local_ray(cpus_needed: float) -> None:
+    """Start a local Ray sized for the recipe's actors (logical CPUs may exceed the cores: on a
+    laptop rollout, reward and learner take turns); with RAY_ADDRESS set, join that cluster."""
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ensure_ray()
+        return
+    ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(cpus_needed)), include_dashboard=False)
+
+
+class GRPOTrainer:
+    """Multi-turn GRPO of one recipe; ``fit()`` trains (resuming if it can), returns the model dir."""
+
+    def __init__(self, cfg: RecipeConfig, start_model: Path | None = None) -> None:
+        self.cfg, self.paths = cfg, RunPaths(cfg.run.dir)
+        self.ckpt_root = cfg.run.dir / "checkpoints" / "grpo"
+        self.out_dir = cfg.run.dir / "grpo"
+        self.start_model = start_model or self.paths.model("sft")
+        train_file = ensure_data(cfg, "train")
+        self.samples, self.root = read_samples(train_file)[0], train_file.parent
+        g = cfg.grpo
+        self.objective = PPOClip(g.clip_low, g.clip_high, g.agg, None, g.kl_coef, g.kl_kind, g.tis_cap)
+
+    def _groups(self, model_dir):
+        cfg, g, lc, rc = self.cfg, self.cfg.grpo, self.cfg.learner, self.cfg.rollout
+        start_local_ray(lc.num_workers * lc.cpus_per_worker + rc.num_workers * rc.cpus_per_worker
+                        + cfg.reward.num_workers * cfg.reward.cpus_per_worker + (lc.cpus_per_worker if g.kl_coef else 0))
+        optim = OptimSettings(lr=g.lr, total_steps=g.steps, warmup_steps=g.warmup_steps, min_lr_ratio=1.0,
+                              grad_clip=g.grad_clip)
+        learner = ActorGroup(LearnerWorker, lc.num_workers, str(model_dir), lc, optim, cfg.model, cfg.run.seed,
+                             cpus_per_actor=lc.cpus_per_worker, gpus_per_actor=lc.gpus_per_worker,
+                             in_process=not lc.use_ray)
+        rollout = ActorGroup(RolloutWorker, rc.num_workers, rc, cfg.model, str(model_dir), cfg.run.seed,
+                             cpus_per_actor=rc.cpus_per_worker, gpus_per_actor=rc.gpus_per_worker)
+        reference = None
+        if g.kl_coef > 0:  # the frozen start (SFT) policy, scored by a learner that never steps
+            reference = ActorGroup(LearnerWorker, 1, str(self.start_model), replace(lc, backend="torch", num_workers=1),
+                                   optim, cfg.model, cfg.run.seed, cpus_per_actor=lc.cpus_per_worker,
+                                   gpus_per_actor=lc.gpus_per_worker, in_process=not lc.use_ray)
+        return learner, rollout, reference
+
+    def rollout_step(self, rollout, samples: list, step: int) -> list[Episode]:
+        """Samples split across rollout workers; G episodes each, group-contiguous."""
+        shards = split_evenly(samples, min(len(rollout.actors), len(samples)))
+        refs, offset = [], 0
+        for actor, shard in zip(rollout.actors, shards):
+            seed = sampling_seed(self.cfg.run.seed, step, offset * self.cfg.rollout.group_size)
+            refs.append(actor.run.remote(shard, str(self.root), seed))
+            offset += len(shard)
+        return [ep for eps in ray.get(refs) for ep in eps]
+
+    def sync(self, learner, rollout, version: int) -> float:
+        """Push the learner's trainable weights to every rollout worker (one object-store copy)."""
+        weights = ray.put(learner.call("named_weights", True)[0])
+        return max(ray.get([a.load_weights.remote(weights, version) for a in rollout.actors]))
+
+    def fit(self) -> Path:
+        g, G = self.cfg.grpo, self.cfg.rollout.group_size
+        resume = latest_checkpoint(self.ckpt_root) if g.resume else None
+        learner, rollout, reference = self._groups(resume or self.start_model)
+        state = learner.call("load_state", str(resume))[0] if resume else TrainerState()
+        if state.policy_version:
+            self.sync(learner, rollout, state.policy_version)
+        reward = RewardPool(self.cfg.reward)
+        sampler = PromptSampler(len(self.samples), self.cfg.run.seed, **state.extra.get("sampler", {}))
+        with self._tracker() as tracker:
+            for step in tqdm(range(state.step, g.steps), desc="grpo", initial=state.step, total=g.steps):
+                timer, t0 = StageTimer(), time.perf_counter()
+                batch = [self.samples[i] for i in sampler.next(g.prompts_per_step)]
+                with timer("rollout"):
+                    episodes = self.rollout_step(rollout, batch, step)
+                with timer("reward"):
+                    reward.score_episodes(episodes)
+                adv = episode_advantages(episodes, G, g.adv_scale)
+                seqs = [episode_to_sequence(ep, float(a)) for ep, a in zip(episodes, adv) if ep.error is None]
+                if reference is not None:
+                    with timer("reference"):
+                        ref = [lp for part in reference.call_split("eval_logprobs", seqs) for lp in part]
+                    for seq, lp in zip(seqs, ref, strict=True):
+                        seq.ref_logprobs = lp
+                with timer("learner"):
+                    metrics = finish_stats(learner.call_split("train_step", seqs, self.objective)[0])
+                with timer("sync"):
+                    sync_s = self.sync(learner, rollout, step + 1)
+                state = TrainerState(step + 1, step + 1, state.samples_seen + len(batch), {"sampler": sampler.state()})
+                self._log(tracker, step + 1, episodes, metrics, timer, time.perf_counter() - t0, sync_s)
+                if g.save_every and (step + 1) % g.save_every == 0 and step + 1 < g.steps:
+                    learner.call("save", str(step_dir(self.ckpt_root, step + 1)), state)
+                    prune_checkpoints(self.ckpt_root, g.keep_checkpoints)
+        out = self.paths.model("grpo")
+        learner.call("save", str(out), state)
+        for group in (learner, rollout, reference):
+            if group is not None:
+                group.shutdown()
+        reward.shutdown()
+        return out
+
+    def _tracker(self):
+        lc = self.cfg.logging
+        return Tracker(lc.project, f"{self.cfg.run.name}-grpo", self.out_dir, to_dict(self.cfg),
+                       mode=lc.wandb_mode if lc.wandb else "disabled")
+
+    def _log(self, tracker, step: int, episodes: list[Episode], learner: dict, timer: StageTimer,
+             step_s: float, sync_s: float) -> None:
+        ok = [ep for ep in episodes if ep.error is None and ep.reward is not None]
+        row = {f"rollout/{k}": v for k, v in episode_metrics(episodes).items()}
+        row["rollout/accuracy"] = sum(ep.reward.answer >= 0.5 for ep in ok) / max(len(ok), 1)
+        row["rollout/policy_version"] = min((ep.policy_version for ep in episodes), default=0)
+        row.update({f"learner/{k}": v for k, v in learner.items()})
+        row.update({f"time/{k}_s": v for k, v in timer.seconds.items()})
+        model_s = max((ep.timings.get("total_s", 0.0) for ep in episodes), default=0.0) + learner.get("step_s", 0.0)
+        row.update({"time/step_s": step_s, "time/weight_sync_s": sync_s, "perf/episodes_per_s": len(episodes) / step_s,
+                    "perf/model_compute_share": model_s / step_s})
+        tracker.log(row, step=step)
+        if self.cfg.grpo.log_tables_every and step % self.cfg.grpo.log_tables_every == 0:
+            tracker.log_episodes(episodes, step=step)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.out_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"step": step, **row}) + "\n")
+
+
+def run_grpo(recipe: str, overrides: list[str]) -> Path:
+    """Load the recipe and train; returns the GRPO model directory."""
+    out = GRPOTrainer(load_recipe(recipe, overrides)).fit()
+    print(f"GRPO model written to {out}")
+    return out
+
+
+def add_grpo_parser(subparsers) -> None:
+    """``awares-rl grpo --recipe R [key=value ...]``."""
+    p = subparsers.add_parser("grpo", help="multi-turn GRPO from the SFT model (Ray rollout/reward/learner)")
+    p.add_argument("--recipe", default="recipes/tiny_cpu.yaml", help="recipe YAML")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. grpo.steps=10")
+    p.set_defaults(func=lambda args: run_grpo(args.recipe, args.overrides) and 0)

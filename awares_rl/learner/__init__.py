@@ -1,0 +1,1 @@
+"""The learner side: batch collation, losses, and (later) the LearnerWorker."""

@@ -1,0 +1,137 @@
+"""ActorGroup: N copies of one class as Ray actors in a placement group, with torch.distributed
+ranks, and fan-out calls (OpenRLHF's ``RayActorGroup`` is the model).
+
+    group = ActorGroup(LearnerWorker, 2, model_path, cfg, cpus_per_actor=1)
+    metrics = group.call_split("sft_step", sequences)   # sequences split across the 2 workers
+    group.call("save", out_dir)                         # the same call on every worker
+    group.shutdown()
+
+Each actor gets ``dist=DistInfo(rank, world_size, master_addr, master_port)`` as a keyword
+argument; the master is a free port on the node of bundle 0. The same code runs under a local
+``ray.init()`` and on a cluster. ``in_process=True`` (one worker only) builds the object in the
+driver process instead: no Ray, same interface (tests, debugging).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+# Environment variables handed to every actor when set in the driver (caches, accelerator).
+FORWARD_ENV = ("TORCH_EXTENSIONS_DIR", "DS_ACCELERATOR", "HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM")
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where an actor sits in its torch.distributed group."""
+
+    rank: int = 0
+    world_size: int = 1
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
+
+    def export(self) -> None:
+        """Set the env:// variables torch.distributed and DeepSpeed read."""
+        os.environ.update(RANK=str(self.rank), LOCAL_RANK="0", WORLD_SIZE=str(self.world_size),
+                          MASTER_ADDR=self.master_addr, MASTER_PORT=str(self.master_port))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def _master_address() -> tuple[str, int]:
+    import ray
+
+    return ray.util.get_node_ip_address(), free_port()
+
+
+def ensure_ray() -> bool:
+    """``ray.init()`` (a local cluster, or ``RAY_ADDRESS``'s) unless Ray is up; True if started here."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    ray.init(include_dashboard=False, log_to_driver=True)
+    return True
+
+
+def split_evenly(items: Sequence, parts: int) -> list[list]:
+    """Contiguous shards whose sizes differ by at most one (the first shards are larger)."""
+    if len(items) < parts:
+        raise ValueError(f"cannot split {len(items)} items across {parts} workers; give each at least one")
+    size, extra = divmod(len(items), parts)
+    bounds = [i * size + min(i, extra) for i in range(parts + 1)]
+    return [list(items[bounds[i]:bounds[i + 1]]) for i in range(parts)]
+
+
+class ActorGroup:
+    """``num_actors`` actors of ``cls`` placed in one placement group (one bundle each)."""
+
+    def __init__(self, cls: type, num_actors: int, *args: Any, cpus_per_actor: float = 1.0,
+                 gpus_per_actor: float = 0.0, in_process: bool = False, strategy: str = "PACK",
+                 **kwargs: Any) -> None:
+        if num_actors < 1:
+            raise ValueError(f"num_actors must be >= 1, got {num_actors}")
+        if in_process and num_actors != 1:
+            raise ValueError("in_process=True runs one worker in the driver; use num_actors=1 or Ray")
+        self.num_actors, self.pg, self.actors = num_actors, None, []
+        self.local = cls(*args, dist=DistInfo(master_port=free_port()), **kwargs) if in_process else None
+        if self.local is None:
+            self._start(cls, args, kwargs, cpus_per_actor, gpus_per_actor, strategy)
+
+    def _start(self, cls, args, kwargs, cpus: float, gpus: float, strategy: str) -> None:
+        import ray
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        bundle = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
+        self.pg = placement_group([bundle] * self.num_actors, strategy=strategy)
+        ray.get(self.pg.ready())
+
+        def at(i: int) -> PlacementGroupSchedulingStrategy:
+            return PlacementGroupSchedulingStrategy(placement_group=self.pg, placement_group_bundle_index=i)
+
+        addr, port = ray.get(ray.remote(_master_address).options(num_cpus=0, scheduling_strategy=at(0)).remote())
+        env = {k: os.environ[k] for k in FORWARD_ENV if k in os.environ}
+        remote_cls = ray.remote(cls)
+        self.actors = [
+            remote_cls.options(num_cpus=cpus, num_gpus=gpus, scheduling_strategy=at(i),
+                               runtime_env={"env_vars": env} if env else None)
+            .remote(*args, dist=DistInfo(i, self.num_actors, addr, port), **kwargs)
+            for i in range(self.num_actors)
+        ]
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
+        """``method(*args, **kwargs)`` on every actor; their results in rank order."""
+        if self.local is not None:
+            return [getattr(self.local, method)(*args, **kwargs)]
+        import ray
+
+        return ray.get([getattr(a, method).remote(*args, **kwargs) for a in self.actors])
+
+    def call_split(self, method: str, items: Sequence, *args: Any, **kwargs: Any) -> list[Any]:
+        """``method(shard, *args, **kwargs)`` with ``items`` split evenly across the actors."""
+        if self.local is not None:
+            return [getattr(self.local, method)(list(items), *args, **kwargs)]
+        import ray
+
+        shards = split_evenly(items, self.num_actors)
+        return ray.get([getattr(a, method).remote(s, *args, **kwargs) for a, s in zip(self.actors, shards)])
+
+    def shutdown(self) -> None:
+        """Kill the actors and release the placement group."""
+        self.local = None
+        if self.actors:
+            import ray
+            from ray.util.placement_group import remove_placement_group
+
+            for a in self.actors:
+                ray.kill(a)
+            remove_placement_group(self.pg)
+            self.actors, self.pg = [], None

@@ -1,0 +1,68 @@
+"""`awares-rl eval` on the tool-using tiny model: three modes, accuracy, RTR, visual tokens,
+tool-call validity and crop decisions against trajectory labels."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from awares_rl.crops import cut_crops, low_res_view, retained_token_ratio
+from awares_rl.evaluate import add_eval_parser
+from awares_rl.models import load_processor
+from awares_rl.tokens import image_token_counts
+from tests.conftest import TOOL_Q, episode_inputs
+from tests.test_sft import REPO, trajectory_line
+
+
+@pytest.fixture
+def eval_files(tmp_path):
+    """The four taught (question, image) pairs as a sample file and a trajectory (label) file."""
+    (tmp_path / "images").mkdir()
+    samples, labels = [], []
+    for i, (q, image) in enumerate(episode_inputs()):
+        image.save(tmp_path / "images" / f"{i}.png")
+        tool = q == TOOL_Q
+        samples.append({"id": f"t{i}", "image": f"images/{i}.png", "question": q,
+                        "answers": ["red" if tool else "blue"], "metric": "exact"})
+        labels.append(trajectory_line(i, tool))
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    (tmp_path / "traj.jsonl").write_text("".join(json.dumps(t) + "\n" for t in labels))
+    return tmp_path
+
+
+def test_eval_three_modes(tool_model_dir, eval_files, capsys):
+    parser = argparse.ArgumentParser()
+    add_eval_parser(parser.add_subparsers(dest="command"))
+    out = eval_files / "report.json"
+    args = parser.parse_args([
+        "eval", "--recipe", str(REPO / "recipes/tiny_cpu.yaml"), "--checkpoint", str(tool_model_dir),
+        "--data", str(eval_files / "test.jsonl"), "--trajectories", str(eval_files / "traj.jsonl"),
+        "--out", str(out), "rollout.backend=hf", "eval.batch_size=3", "eval.max_new_tokens=16",
+        f"run.out_dir={eval_files}",
+    ])
+    assert args.func(args) == 0
+    assert "AwaRes evaluation" in capsys.readouterr().out
+    report = json.loads(out.read_text())
+    low, full, policy = (report["summary"][m] for m in ("low", "full", "policy"))
+    images = [im for _, im in episode_inputs()]
+    proc = load_processor(tool_model_dir)
+    full_tokens = image_token_counts(proc.image_processor, images)
+    low_tokens = image_token_counts(proc.image_processor, [low_res_view(im) for im in images])
+
+    # The taught policy: TOOL_Q -> GET_CROPS: ['0','4'] -> "red"; DIRECT_Q -> "blue".
+    assert policy["accuracy"] == 100.0 and policy["by_metric"] == {"exact": {"accuracy": 100.0, "n": 4}}
+    assert policy["crop_rate"] == 50.0 and policy["tool_call_validity"] == 100.0
+    assert policy["crop_decision_accuracy"] == 100.0 and policy["crop_jaccard"] == 1.0
+    rtrs = [retained_token_ratio(im.width, im.height, [0, 4] if i % 2 == 0 else []) for i, im in enumerate(images)]
+    assert policy["rtr"] == pytest.approx(sum(rtrs) / 4)
+    crop_tokens = [image_token_counts(proc.image_processor, cut_crops(im, [0, 4])) for im in images]
+    policy_tokens = [lt + (sum(ct) if i % 2 == 0 else 0) for i, (lt, ct) in enumerate(zip(low_tokens, crop_tokens))]
+    assert [p["visual_tokens"] for p in report["samples"]["policy"]] == policy_tokens
+
+    assert low["rtr"] == 0.25 and full["rtr"] == 1.0 and full["visual_token_ratio"] == 1.0
+    assert [p["visual_tokens"] for p in report["samples"]["low"]] == low_tokens
+    assert [p["visual_tokens"] for p in report["samples"]["full"]] == full_tokens
+    assert "tool_call_validity" not in low and "crop_decision_accuracy" not in full
+    assert all(s["seconds_per_sample"] > 0 for s in (low, full, policy))
