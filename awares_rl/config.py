@@ -8,6 +8,7 @@ from typing import Literal
 
 from awares_rl.config_io import ConfigError, load_yaml
 from awares_rl.models.tiny import TinyModelConfig
+from awares_rl.pretrain import PretrainConfig
 from data_pipeline.config import SynthConfig
 from data_pipeline.trajectories import TrajectoryConfig
 from reward.config import RewardConfig
@@ -194,6 +195,15 @@ class RecipeConfig:
     sft: SFTConfig = field(default_factory=SFTConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+
+    def __post_init__(self) -> None:
+        # the run owns these pretrain fields: refuse rather than silently replace a user's value
+        base = PretrainConfig()
+        for name, where in (("out_dir", "run.out_dir / run.name"), ("seed", "run.seed"),
+                            ("synth", "the synth section"), ("model", "the tiny section")):
+            if getattr(self.pretrain, name) != getattr(base, name):
+                raise ValueError(f"pretrain.{name} is set by the recipe's {where}; set it there instead")
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> RecipeConfig:

@@ -23,6 +23,15 @@ from awares_rl.protocol import crops_user_message, first_turn_messages
 
 IMAGE_TOKEN = "<|image_pad|>"
 END_TOKEN = "<|im_end|>"
+# Never valid in a policy's output: an image pad without an image breaks the episode's layout.
+# Engines mask them at sampling time; logprobs stay those of the raw model (as the learner's).
+FORBIDDEN_OUTPUT_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|im_start|>")
+
+
+def forbidden_output_ids(tokenizer) -> list[int]:
+    """Ids of FORBIDDEN_OUTPUT_TOKENS that the tokenizer knows."""
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in FORBIDDEN_OUTPUT_TOKENS]
+    return [i for i in ids if i is not None and i != tokenizer.unk_token_id]
 
 
 def _ids(tokenizer, text: str) -> list[int]:

@@ -6,7 +6,7 @@ the detail's pixel box ``(x1, y1, x2, y2)`` (right/bottom exclusive) — the evi
 Why 1-px textures vanish at low res: the 0.5 bicubic downscale of an even-sized image centres each
 output pixel on the boundary between source pixels 2i and 2i+1, so its symmetric kernel weights
 every (even, odd) pixel pair equally; a pattern of period 2 (1-px stripes, 1-px checker) therefore
-averages to its flat mean. Cells of 4 px have period 8 and survive (period 4 at low res).
+averages to its flat mean. Cells of 7 px have period 14 and survive (period 7 at low res).
 """
 
 from __future__ import annotations
@@ -26,17 +26,19 @@ PALETTE: dict[str, tuple[int, int, int]] = {
     "purple": (148, 70, 190),
     "cyan": (23, 190, 207),
 }
-# Colours of the marks in "colour" questions: kept apart from the panel palette so a mark never
-# looks like another panel.
+# Colours of the marks in "colour" questions: far from the panel palette, its dark (x0.3) and
+# mid (x0.65) versions and the light-grey background, so a visual token of a mark says the answer
+# by its colour alone (white, black and dark hues were confusable and did not learn).
 MARK_COLOURS: dict[str, tuple[int, int, int]] = {
-    "black": (20, 20, 20),
-    "white": (250, 250, 250),
     "orange": (255, 140, 0),
     "pink": (255, 160, 205),
-    "brown": (120, 70, 30),
     "grey": (128, 128, 128),
+    "lime": (170, 240, 80),
+    "brown": (140, 80, 20),
 }
-INK = (20, 20, 20)  # the dark half of every texture, and the colour of marks, dots and digits
+INK = (20, 20, 20)  # the colour of shape marks, dots and digits
+DARK = 0.3  # the dark half of a texture is its colour times DARK: every pixel keeps the hue,
+#             so each visual token of a swatch says which panel it belongs to
 PATTERNS = ("horizontal", "vertical", "checker")
 SHAPES = ("circle", "square", "triangle", "cross")
 
@@ -75,11 +77,12 @@ def draw_pattern(
     phase: tuple[int, int],
     edge_taper: int = 0,
 ) -> Box:
-    """Fill ``box`` with a ``colour``/INK texture; with ``edge_taper`` the contrast fades to the
+    """Fill ``box`` with a ``colour`` / dark ``colour`` texture; with ``edge_taper`` the contrast fades to the
     texture's mean near the border (so the low-res border carries no orientation)."""
     x1, y1, x2, y2 = box
     mask = pattern_mask(kind, y2 - y1, x2 - x1, cell, phase)[..., None]
-    hi, lo = np.asarray(colour, float), np.asarray(INK, float)
+    hi = np.asarray(colour, float)
+    lo = hi * DARK
     tex = np.where(mask, hi, lo)
     amp = taper(y2 - y1, x2 - x1, edge_taper)[..., None]
     mean = (hi + lo) / 2

@@ -1,15 +1,16 @@
-"""One synthetic scene: four coloured panels, one per quadrant, each holding one detail.
+"""One synthetic scene: four coloured panels, one per quadrant; one holds the asked-about detail.
 
-Design (why a tiny VLM learns it in minutes, see data_pipeline/README.md):
+Design (why a tiny VLM learns it in minutes; measurements in data_pipeline/README.md):
   - The question names a panel by its colour ("the red panel"): a coarse cue that survives any
-    downscale, and one that sits in the same visual tokens as the detail (textures are drawn in
-    the panel's colour), so binding question -> tokens is local.
-  - Panels lie inside the four quadrants, so the crop that shows a detail at full resolution is
-    unambiguous: quadrant q -> crop id q (``awares_rl.crops``).
-  - Details are what a small ViT reads from single patches: texture orientation, shape of a mark,
-    a count of large dots; digits are the optional OCR-like tier.
-  - Small tier: a 1-px texture (period 2) that the 0.5 low-res view averages to a flat tint
-    (``needs_high_res = True``); large tier: the same textures with 4-px cells, readable at low res.
+    downscale. Panels lie inside the four quadrants, so the crop that shows a detail at full
+    resolution is unambiguous: quadrant q -> crop id q (``awares_rl.crops``).
+  - The default detail is a texture swatch in the panel's colour (pattern: horizontal, vertical,
+    checker), anchored to the image origin so that each 14-px ViT patch sees one fixed template.
+  - Small tier: 1-px cells (period 2), which the 0.5 low-res view averages to a flat tint
+    (``needs_high_res = True``); large tier: the same textures with 7-px cells, readable at low res.
+  - Other panels hold a detail of another family or nothing (``distractors``), so no two panels
+    answer the same question. Opt-in families: colour or shape of a large mark, a count of large
+    dots, digits (the OCR-like tier).
 """
 
 from __future__ import annotations
@@ -159,13 +160,30 @@ FILLERS = {
 }
 
 
+def distractor_families(rng: np.random.Generator, family: str, n: int, cfg: SynthConfig) -> list[str | None]:
+    """Families of the ``n`` non-target panels' details (None: a plain panel).
+
+    "other-family": each enabled family at most once per image (so no two panels share a
+    question and no binding is needed), the rest plain; "same-family": all ``family``;
+    "none": all plain.
+    """
+    if cfg.distractors == "same-family":
+        return [family] * n
+    others = [f for f, w in cfg.family_weights().items() if w > 0 and f != family]
+    if cfg.distractors == "none" or not others:
+        return [None] * n
+    chosen: list[str | None] = [str(f) for f in rng.permutation(others)[:n]]
+    chosen += [None] * (n - len(chosen))
+    return [chosen[i] for i in rng.permutation(n)]
+
+
 def make_scene(seed: int, split: str, index: int, cfg: SynthConfig) -> tuple[Sample, Image.Image]:
     """Sample ``index`` of ``split``: the image and its Sample (image path ``images/<id>.png``).
 
     Deterministic in (seed, split, index, cfg). ``cfg.panels`` quadrants get a panel; the question
-    asks about one of them (``meta["panel"]`` indexes ``meta["panels"]``), the others carry
-    distractor details of the same family (random classes and tiers). ``meta["panels"]`` describes
-    each (colour, answer, tier, quadrant, evidence boxes), so a trainer can ask about all of them.
+    asks about one of them (``meta["panel"]`` indexes ``meta["panels"]``); the others carry
+    distractor details chosen by ``cfg.distractors``. ``meta["panels"]`` describes each (colour,
+    family, answer, tier, quadrant, evidence boxes), so a trainer can ask about all of them.
     """
     rng = np.random.default_rng(sample_seed(seed, split, index))
     width, height = image_size(rng, cfg)
@@ -176,15 +194,25 @@ def make_scene(seed: int, split: str, index: int, cfg: SynthConfig) -> tuple[Sam
     canvas = np.empty((height, width, 3), np.uint8)
     canvas[:] = int(rng.integers(228, 250))
     boxes_by_quadrant = panel_boxes(rng, width, height, cfg)
-    panels = []
+    families = distractor_families(rng, family, cfg.panels - 1, cfg)
+    families.insert(target, family)
+    panels, hit_index = [], 0
     for k, q in enumerate(drawn):
         x1, y1, x2, y2 = panel = boxes_by_quadrant[q]
         canvas[y1:y2, x1:x2] = PALETTE[colours[q]]
-        tier = small if k == target else bool(family in SMALL_TIER_FAMILIES and rng.random() < 0.5)
-        value, boxes = FILLERS[family](canvas, rng, panel, PALETTE[colours[q]], tier, cfg)
-        panels.append({"colour": colours[q], "answer": value, "tier": "small" if tier else "large",
-                       "quadrant": q, "boxes": [list(b) for b in boxes], "panel_box": list(panel)})
-    sid, hit = sample_id(split, index), panels[target]
+        fam = families[k]
+        if fam is None:
+            continue
+        tier = small if k == target else bool(
+            fam in SMALL_TIER_FAMILIES and rng.random() < cfg.small_detail_share
+        )
+        value, boxes = FILLERS[fam](canvas, rng, panel, PALETTE[colours[q]], tier, cfg)
+        if k == target:
+            hit_index = len(panels)  # index into ``panels`` (plain panels are not listed)
+        panels.append({"colour": colours[q], "family": fam, "answer": value, "quadrant": q,
+                       "tier": "small" if tier else "large", "boxes": [list(b) for b in boxes],
+                       "panel_box": list(panel)})
+    sid, hit = sample_id(split, index), panels[hit_index]
     sample = Sample(
         id=sid,
         image=f"images/{sid}.png",
@@ -193,7 +221,7 @@ def make_scene(seed: int, split: str, index: int, cfg: SynthConfig) -> tuple[Sam
         evidence_boxes=tuple(tuple(b) for b in hit["boxes"]),
         metric="exact",
         needs_high_res=small,
-        meta={"family": family, "tier": hit["tier"], "panel": target, "width": width,
+        meta={"family": family, "tier": hit["tier"], "panel": hit_index, "width": width,
               "height": height, "panels": panels},
     )
     return sample, Image.fromarray(canvas)
@@ -201,10 +229,13 @@ def make_scene(seed: int, split: str, index: int, cfg: SynthConfig) -> tuple[Sam
 
 def panel_questions(sample: Sample, which: list[int] | None = None) -> list[tuple[str, str, dict]]:
     """(question, answer, panel) about panels ``which`` (default: all) of a synthetic sample."""
-    family, panels = sample.meta["family"], sample.meta["panels"]
+    panels = sample.meta["panels"]
     which = range(len(panels)) if which is None else which
-    return [(QUESTIONS[family].format(colour=panels[q]["colour"]), panels[q]["answer"], panels[q])
-            for q in which]
+    return [
+        (QUESTIONS[panels[q]["family"]].format(colour=panels[q]["colour"]), panels[q]["answer"],
+         panels[q])
+        for q in which
+    ]
 
 
 def vocab_texts(cfg: SynthConfig) -> list[str]:

