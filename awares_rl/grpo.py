@@ -65,12 +65,14 @@ def episode_advantages(episodes: list[Episode], group_size: int, scale: str) -> 
 def start_local_ray(cpus_needed: float) -> None:
     """Start a local Ray sized for the recipe's actors (logical CPUs may exceed the cores: on a
     laptop rollout, reward and learner take turns); with RAY_ADDRESS set, join that cluster."""
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ensure_ray()
-        return
-    ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(cpus_needed)), include_dashboard=False)
+    if not ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
+        ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(cpus_needed)), include_dashboard=False)
+    ensure_ray()
+    have = ray.cluster_resources().get("CPU", 0.0)
+    if have < cpus_needed:  # placement would wait forever: say so instead of hanging
+        raise RuntimeError(
+            f"the recipe's GRPO actors need {cpus_needed:g} CPUs but the Ray cluster has {have:g}: "
+            "lower rollout/learner/reward cpus_per_worker or num_workers, or start Ray with more CPUs")
 
 
 class GRPOTrainer:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -52,10 +53,16 @@ def stage_trajectories(recipe: str, overrides: list[str], cfg: RecipeConfig) -> 
 
 
 def stage_sft(cfg: RecipeConfig) -> Path:
+    import ray
+
     from awares_rl.sft import SFTTrainer
 
     out = RunPaths(cfg.run.dir).model("sft")
-    return out if _done(out) else SFTTrainer(cfg).fit()
+    if not _done(out):
+        SFTTrainer(cfg).fit()
+        if not os.environ.get("RAY_ADDRESS"):
+            ray.shutdown()  # GRPO sizes its own local Ray for rollout + reward + learner actors
+    return out
 
 
 def stage_grpo(cfg: RecipeConfig, sft_dir: Path) -> Path:
