@@ -8,7 +8,6 @@ every rollout worker (versioned: each Episode records the policy version that pr
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -23,7 +22,6 @@ from tqdm import tqdm
 from awares_rl.algo import group_advantages
 from awares_rl.checkpoint import TrainerState, latest_checkpoint, prune_checkpoints, step_dir
 from awares_rl.config import RecipeConfig, load_recipe
-from awares_rl.config_io import to_dict
 from awares_rl.episode import Episode
 from awares_rl.learner.batch import episode_to_sequence
 from awares_rl.learner.ppo import PPOClip, finish_stats
@@ -31,7 +29,7 @@ from awares_rl.learner.worker import LearnerWorker, OptimSettings
 from awares_rl.rollout.worker import RolloutWorker
 from awares_rl.run_paths import RunPaths
 from awares_rl.sampling import PromptSampler, sampling_seed
-from awares_rl.tracking import Tracker, episode_metrics
+from awares_rl.tracking import episode_metrics, log_step, stage_tracker
 from awares_rl.workspace import ensure_data
 from cluster.actor_group import ActorGroup, ensure_ray, split_evenly
 from data_pipeline.datasets import read_samples
@@ -163,9 +161,7 @@ class GRPOTrainer:
         return out
 
     def _tracker(self):
-        lc = self.cfg.logging
-        return Tracker(lc.project, f"{self.cfg.run.name}-grpo", self.out_dir, to_dict(self.cfg),
-                       mode=lc.wandb_mode if lc.wandb else "disabled")
+        return stage_tracker(self.cfg, "grpo", self.out_dir)
 
     def _log(self, tracker, step: int, episodes: list[Episode], learner: dict, timer: StageTimer,
              step_s: float, sync_s: float) -> None:
@@ -178,12 +174,9 @@ class GRPOTrainer:
         model_s = max((ep.timings.get("total_s", 0.0) for ep in episodes), default=0.0) + learner.get("step_s", 0.0)
         row.update({"time/step_s": step_s, "time/weight_sync_s": sync_s, "perf/episodes_per_s": len(episodes) / step_s,
                     "perf/model_compute_share": model_s / step_s})
-        tracker.log(row, step=step)
+        log_step(tracker, self.out_dir, row, step)
         if self.cfg.grpo.log_tables_every and step % self.cfg.grpo.log_tables_every == 0:
             tracker.log_episodes(episodes, step=step)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.out_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps({"step": step, **row}) + "\n")
 
 
 def run_grpo(recipe: str, overrides: list[str]) -> Path:

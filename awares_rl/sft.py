@@ -14,7 +14,6 @@ Starts from ``model.path`` or the run's base model; writes resumable checkpoints
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
@@ -22,13 +21,14 @@ from tqdm import tqdm
 
 from awares_rl.checkpoint import TrainerState, latest_checkpoint, prune_checkpoints, step_dir
 from awares_rl.config import RecipeConfig, load_recipe
-from awares_rl.config_io import ConfigError, to_dict
+from awares_rl.config_io import ConfigError
 from awares_rl.learner.batch import TokenSequence, trajectory_to_sequence
 from awares_rl.learner.objective import WeightedNLL
 from awares_rl.learner.worker import LearnerWorker, OptimSettings
 from awares_rl.models import load_processor
 from awares_rl.run_paths import RunPaths
 from awares_rl.sampling import PromptSampler
+from awares_rl.tracking import log_step, stage_tracker
 from cluster.actor_group import ActorGroup, ensure_ray
 from data_pipeline.trajectories import Trajectory, read_trajectories
 
@@ -121,17 +121,10 @@ class SFTTrainer:
         return {"val/loss": m["loss"], "val/nll": m["nll_sum"] / max(m["target_tokens"], 1.0)}
 
     def _tracker(self):
-        from awares_rl.tracking import Tracker
-
-        lc = self.cfg.logging
-        return Tracker(lc.project, f"{self.cfg.run.name}-sft", self.out_dir, to_dict(self.cfg),
-                       mode=lc.wandb_mode if lc.wandb else "disabled")
+        return stage_tracker(self.cfg, "sft", self.out_dir)
 
     def _log(self, tracker, metrics: dict[str, float], step: int) -> None:
-        tracker.log(metrics, step=step)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.out_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps({"step": step, **metrics}) + "\n")
+        log_step(tracker, self.out_dir, metrics, step)
 
 
 def run_sft(recipe: str, overrides: list[str]) -> Path:

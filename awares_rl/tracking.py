@@ -8,6 +8,7 @@ Offline by default (no network; ``wandb sync <run_dir>/wandb/offline-run-*`` upl
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import uuid
@@ -225,3 +226,20 @@ class Tracker:
 
 
 __all__ = ["Tracker", "draw_crop_boxes", "episode_metrics", "episode_row"]
+
+
+def stage_tracker(cfg, stage: str, out_dir: Path) -> Tracker:
+    """The W&B run of one training stage of a recipe (``<run.name>-<stage>``), files in ``out_dir``."""
+    from awares_rl.config_io import to_dict
+
+    lc = cfg.logging
+    return Tracker(lc.project, f"{cfg.run.name}-{stage}", out_dir, to_dict(cfg),
+                   mode=lc.wandb_mode if lc.wandb else "disabled")
+
+
+def log_step(tracker: Tracker, out_dir: Path, metrics: dict[str, float], step: int) -> None:
+    """Log a step's metrics to W&B and append them to ``out_dir/metrics.jsonl``."""
+    tracker.log(metrics, step=step)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": step, **metrics}) + "\n")
