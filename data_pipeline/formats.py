@@ -86,22 +86,22 @@ def _qid(record: dict, fmt: str, index: int, *names: str) -> str:
     return f"{fmt}-{value if value is not None else index}"
 
 
-def to_docvqa(record: dict, index: int) -> RawSample:
+def _docvqa_like(fmt: str, record: dict, index: int) -> RawSample:
+    """DocVQA and InfoVQA share one record layout (questionId, question, answers, image)."""
     return RawSample(
-        id=_qid(record, "docvqa", index, "questionId", "question_id"),
+        id=_qid(record, fmt, index, "questionId", "question_id"),
         question=text_field(record, "question"),
         answers=answers_field(record, "answers", "answer"),
         image=pick(record, "image", "image_local_name", "image_path"),
     )
+
+
+def to_docvqa(record: dict, index: int) -> RawSample:
+    return _docvqa_like("docvqa", record, index)
 
 
 def to_infovqa(record: dict, index: int) -> RawSample:
-    return RawSample(
-        id=_qid(record, "infovqa", index, "questionId", "question_id"),
-        question=text_field(record, "question"),
-        answers=answers_field(record, "answers", "answer"),
-        image=pick(record, "image", "image_local_name", "image_path"),
-    )
+    return _docvqa_like("infovqa", record, index)
 
 
 def to_chartqa(record: dict, index: int) -> RawSample:

@@ -33,7 +33,7 @@ import json
 import logging
 import math
 import os
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,7 +41,6 @@ from typing import Any, Literal
 
 from PIL import Image
 from rich.console import Console
-from rich.table import Table
 from tqdm import tqdm
 
 from awares_rl.crops import boxes_to_crops, low_res_view
@@ -504,70 +503,6 @@ def ray_process(worker_args: tuple, num_workers: int, rollout, root, out_dir, sp
     return process
 
 
-# ---------------------------------------------------------------- report
-def _group_stats(trajs: Sequence[Trajectory], threshold: float) -> dict[str, Any]:
-    n = len(trajs)
-    share = lambda xs: round(sum(xs) / n, 4) if n else None  # noqa: E731
-    return {"n": n, "needs_crop": share([t.needs_crop for t in trajs]),
-            "low_res_accuracy": share([t.low_res_score >= threshold for t in trajs]),
-            "full_res_accuracy": share([t.full_res_score >= threshold for t in trajs])}
-
-
-def trajectory_stats(trajs: Sequence[Trajectory], skipped: Sequence[dict], threshold: float) -> dict[str, Any]:
-    """Crop share, accuracies (overall, by metric, by split), crop-id histogram, and agreement of
-    the judge's needs_crop with the generator's ``needs_high_res`` where it is known."""
-    by: dict[str, dict[str, list[Trajectory]]] = {"metric": defaultdict(list), "split": defaultdict(list)}
-    for t in trajs:
-        by["metric"][t.metric or "none"].append(t)
-        by["split"][t.split or "none"].append(t)
-    known = [t for t in trajs if t.needs_high_res is not None]
-    confusion = Counter(f"high_res_{t.needs_high_res}_crop_{t.needs_crop}".lower() for t in known)
-    agree = sum(t.needs_high_res == t.needs_crop for t in known)
-    return {
-        "overall": _group_stats(trajs, threshold),
-        "by_metric": {k: _group_stats(v, threshold) for k, v in sorted(by["metric"].items())},
-        "by_split": {k: _group_stats(v, threshold) for k, v in sorted(by["split"].items())},
-        "crop_id_histogram": {str(c): sum(c in t.crop_ids for t in trajs) for c in range(9)},
-        "crops_per_call": dict(sorted(Counter(str(len(t.crop_ids)) for t in trajs if t.needs_crop).items())),
-        "box_source": dict(Counter(t.box_source for t in trajs if t.needs_crop)),
-        "needs_high_res_agreement": {
-            "n_known": len(known), "agreement": round(agree / len(known), 4) if known else None,
-            **{f"high_res_{a}_crop_{b}": confusion[f"high_res_{a}_crop_{b}"]
-               for a in ("true", "false") for b in ("true", "false")},
-        },
-        "skipped": len(skipped),
-        "skipped_reasons": dict(Counter(r["reason"].split(":")[0] for r in skipped)),
-        "correct_threshold": threshold,
-    }
-
-
-def write_report(out: str | Path, threshold: float) -> dict[str, Any]:
-    """Stats of the whole output file (old and new lines) -> ``X.stats.json``; returns them."""
-    out = Path(out)
-    skipped_path, _, stats_path = _paths(out)
-    skipped = [json.loads(line) for _, line in iter_jsonl(skipped_path)] if skipped_path.exists() else []
-    stats = trajectory_stats(read_trajectories(out) if out.exists() else [], skipped, threshold)
-    stats_path.write_text(json.dumps(stats, indent=1))
-    return stats
-
-
-def stats_table(stats: dict[str, Any]) -> Table:
-    """The report as a rich table: one row overall, then by metric and by split."""
-    pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
-    table = Table(title="SFT trajectories")
-    for col in ("group", "n", "needs crop", "low-res acc", "full-res acc"):
-        table.add_column(col, justify="left" if col == "group" else "right")
-    rows = [("all", stats["overall"])] + [(f"metric={k}", v) for k, v in stats["by_metric"].items()]
-    rows += [(f"split={k}", v) for k, v in stats["by_split"].items()]
-    for name, g in rows:
-        table.add_row(name, str(g["n"]), pct(g["needs_crop"]), pct(g["low_res_accuracy"]), pct(g["full_res_accuracy"]))
-    hist = " ".join(f"{c}:{n}" for c, n in stats["crop_id_histogram"].items())
-    agree = stats["needs_high_res_agreement"]
-    table.caption = (f"crop ids {hist} | needs_high_res agreement {pct(agree['agreement'])} of "
-                     f"{agree['n_known']} | skipped {stats['skipped']}")
-    return table
-
-
 # ---------------------------------------------------------------- the command
 def trajectories_from_recipe(recipe: str | Path, overrides: Sequence[str] = (), split: str = "train",
                              model_dir: str | Path | None = None, out: str | Path | None = None,
@@ -596,6 +531,8 @@ def trajectories_from_recipe(recipe: str | Path, overrides: Sequence[str] = (), 
         builder = make_builder(model_dir, rcfg.rollout, rcfg.model, cfg, rcfg.reward, rcfg.run.seed)
         run_batches(samples, cfg, lambda bs: (builder.process(b, data_file.parent, out.parent, split) for b in bs),
                     out, limit, progress, meta)
+    from data_pipeline.trajectory_report import stats_table, write_report
+
     stats = write_report(out, cfg.correct_threshold)
     Console().print(stats_table(stats))
     print(f"wrote {stats['overall']['n']} trajectories to {out} ({stats['skipped']} skipped)")

@@ -26,8 +26,8 @@ from data_pipeline.trajectories import (
     needs_crop,
     read_trajectories,
     run_batches,
-    write_report,
 )
+from data_pipeline.trajectory_report import write_report
 
 SIDE = 448  # hand-made images are 448 x 448; quadrants are 224 x 224, the low-res view 224 x 224
 
