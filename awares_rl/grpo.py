@@ -8,6 +8,7 @@ every rollout worker (versioned: each Episode records the policy version that pr
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -29,11 +30,13 @@ from awares_rl.learner.worker import LearnerWorker, OptimSettings
 from awares_rl.rollout.worker import RolloutWorker
 from awares_rl.run_paths import RunPaths
 from awares_rl.sampling import PromptSampler, sampling_seed
-from awares_rl.tracking import episode_metrics, log_step, stage_tracker
+from awares_rl.tracking import episode_metrics, log_step, stage_tracker, truncate_metrics
 from awares_rl.workspace import ensure_data
 from cluster.actor_group import ActorGroup, ensure_ray, split_evenly
 from data_pipeline.datasets import read_samples
 from reward.service import RewardPool
+
+log = logging.getLogger(__name__)
 
 
 class StageTimer:
@@ -124,6 +127,9 @@ class GRPOTrainer:
         resume = latest_checkpoint(self.ckpt_root) if g.resume else None
         learner, rollout, reference = self._groups(resume or self.start_model)
         state = learner.call("load_state", str(resume))[0] if resume else TrainerState()
+        if resume:
+            log.info("resuming from step %d (%s)", state.step, resume)
+        truncate_metrics(self.out_dir, state.step)  # rows a killed run logged after its checkpoint
         if state.policy_version:
             self.sync(learner, rollout, state.policy_version)
         reward = RewardPool(self.cfg.reward)

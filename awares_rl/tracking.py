@@ -237,6 +237,29 @@ def stage_tracker(cfg, stage: str, out_dir: Path) -> Tracker:
                    mode=lc.wandb_mode if lc.wandb else "disabled")
 
 
+def truncate_metrics(out_dir: Path, step: int) -> int:
+    """Keep the rows of ``out_dir/metrics.jsonl`` up to ``step`` (the checkpoint a run resumes
+    from; 0 for a fresh start): the resumed run logs the later steps again. A line cut short by a
+    kill is dropped too. Returns the number of lines dropped."""
+    path = out_dir / "metrics.jsonl"
+    if not path.is_file():
+        return 0
+    lines = path.read_text().splitlines()
+    kept = [line for line in lines if (s := _row_step(line)) is not None and s <= step]
+    if len(kept) < len(lines):
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(path)
+    return len(lines) - len(kept)
+
+
+def _row_step(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def log_step(tracker: Tracker, out_dir: Path, metrics: dict[str, float], step: int) -> None:
     """Log a step's metrics to W&B and append them to ``out_dir/metrics.jsonl``."""
     tracker.log(metrics, step=step)

@@ -4,9 +4,9 @@
 
 1. Local judges, batched (one call per ``batch`` answers):
    every judge but ``llm_judge`` (it needs an endpoint). The embedding judge runs twice:
-   ``unique`` (every prediction and reference distinct, cold cache: the worst case) and
+   ``unique`` (every prediction and reference distinct: the worst case) and
    ``grpo`` (G=8 episodes a prompt share the references and draw their answers from 4
-   candidates, as short VQA answers do; cold cache at the start).
+   candidates, as short VQA answers do; each call encodes its distinct strings once).
    Each is run at every ``--threads`` count (1 thread wins when other processes share the cores).
 2. HTTP: ``awares-rl serve-reward`` in a subprocess, ``--local`` (one scorer) and on a Ray pool of
    ``--workers`` 1-CPU actors, loaded from a separate client process on loopback
@@ -63,10 +63,6 @@ def bench_judge(name: str, preds: list[str], refs: list[list[str]], batch: int) 
 
     judge = get_judge(name)
     judge(preds[:batch], refs[:batch])  # warm-up (loads the embedding model)
-    if name == "embedding_cosine":
-        from reward.embedding import load_encoder
-
-        load_encoder(None).cache.clear()
     start = time.perf_counter()
     for i in range(0, len(preds), batch):
         judge(preds[i : i + batch], refs[i : i + batch])

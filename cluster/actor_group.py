@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -59,6 +61,35 @@ def ensure_ray() -> bool:
         return False
     ray.init(include_dashboard=False, log_to_driver=True)
     return True
+
+
+# Runs in its own session: waits for its parent (the actor) to go, then kills the actor's group.
+_REAPER = """
+import os, signal, sys, time
+actor = int(sys.argv[1])
+while os.getppid() == actor:
+    time.sleep(1)
+try:
+    os.killpg(actor, signal.SIGKILL)
+except ProcessLookupError:
+    pass
+"""
+
+
+def reap_group_on_exit() -> subprocess.Popen | None:
+    """In a Ray actor, start a reaper that SIGKILLs the actor's process group (the processes it
+    spawned) once the actor is gone, however it died; returns it, or None outside a Ray actor.
+
+    Ray gives each worker its own process group and kills that group when the worker exits, but
+    only while the raylet lives. When a whole run is killed (``kill -9``), the actors die with
+    their raylet and what they spawned would keep running: vLLM's engine core and its workers have
+    no parent-death check and keep their KV cache. Elsewhere (a driver started from a shell shares
+    its group with the rest of its pipeline) nothing is started.
+    """
+    if "RAY_RAYLET_PID" not in os.environ or os.getpgid(0) != os.getpid():
+        return None
+    return subprocess.Popen([sys.executable, "-c", _REAPER, str(os.getpid())], start_new_session=True,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def split_evenly(items: Sequence, parts: int) -> list[list]:

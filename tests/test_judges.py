@@ -141,9 +141,21 @@ def test_embedding_cosine_matches_sentence_transformers():
         assert got[i] == pytest.approx(expected, abs=1e-5)
     assert got[2] == pytest.approx(1.0, abs=1e-5)  # identical text
     assert got[0] > 0.8 > got[1] > 0.0 and 0.0 <= got[3] <= 1.0
-    assert "42" in load_encoder(None).cache  # embeddings are cached per process
     assert load_encoder(default_model_path()) is load_encoder(None)  # one model per process
     assert embedding_cosine(preds, refs) == pytest.approx(got, abs=1e-6)
+
+
+def test_embeddings_do_not_depend_on_earlier_calls():
+    """A resumed GRPO run replays the calls of the uninterrupted run from its checkpoint on, so a
+    call's embeddings must not depend on earlier calls (a text encoded in another batch moves by
+    ~1e-7: a cross-call cache made resumed rewards differ)."""
+    import torch
+
+    from reward.embedding import TextEncoder, default_model_path
+
+    used, fresh = TextEncoder(default_model_path()), TextEncoder(default_model_path())
+    used.embed(["the red panel", "red", "blue", "seven"])
+    assert torch.equal(used.embed(["red", "red"]), fresh.embed(["red", "red"]))
 
 
 def test_embedding_cosine_bad_model_path(tmp_path):

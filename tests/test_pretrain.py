@@ -101,12 +101,19 @@ def test_fast_vision_matches_the_stock_path(tiny):
 
 
 def test_training_stream_mixes_views_and_panels():
-    cfg = PretrainConfig(synth=SynthConfig(max_side=560))
+    cfg = PretrainConfig(locate_per_image=2, synth=SynthConfig(max_side=560))
     stream = training_stream(cfg)
     convs = [next(stream) for _ in range(60)]
     widths = {c.images[0].width for c in convs}
     assert min(widths) < 448 and max(widths) >= 448  # low-res views / crops and full images
     assert all(c.assistant_turns() >= 1 and len(c.images) == 1 for c in convs)
+    located = [c for c in convs if any("Which crop" in str(m["content"]) for m in c.messages)]
+    assert 0 < len(located) < len(convs)  # grounding turns on full / low views, not on crops
+
+
+def test_training_stream_without_grounding():  # the default
+    stream = training_stream(PretrainConfig(synth=SynthConfig(max_side=448)))
+    assert not any("Which crop" in str(next(stream).messages) for _ in range(20))
 
 
 def test_answer_normalisation_and_grouping():
@@ -129,7 +136,7 @@ def test_pretrain_two_steps_saves_a_reloadable_checkpoint(tmp_path):
     path = fit(cfg)
     log = json.loads((tmp_path / "pretrain_log.json").read_text())
     assert log["steps_done"] == 2 and all(np.isfinite(p["loss"]) for p in log["curve"])
-    assert set(log["eval"]) == {"full", "low", "crop"} and log["eval"]["full"]["tier"]["all"]["n"] == 4
+    assert set(log["eval"]) == {"full", "low", "crop", "locate_low"} and log["eval"]["full"]["tier"]["all"]["n"] == 4
     model = AutoModelForImageTextToText.from_pretrained(path)
     processor = AutoProcessor.from_pretrained(path)
     fresh, _ = build_tiny(cfg.model, vocab_texts(cfg.synth))  # the same init fit() started from

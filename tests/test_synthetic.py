@@ -11,12 +11,12 @@ import pytest
 from PIL import Image
 
 import awares_rl  # noqa: F401  (torchvision shim before transformers / datasets)
-from awares_rl.crops import boxes_to_crops, low_res_view
+from awares_rl.crops import boxes_to_crops, crop_box, low_res_view
 from data_pipeline.cli import add_data_parsers
 from data_pipeline.config import SynthConfig
 from data_pipeline.datasets import load_hf_dataset, read_samples
 from data_pipeline.render import PALETTE
-from data_pipeline.scene import make_scene, sample_seed
+from data_pipeline.scene import locate_questions, make_scene, sample_seed
 from data_pipeline.synthetic import generate, split_overlap
 
 CFG = SynthConfig(count_weight=0.2, digit_weight=0.1)
@@ -68,6 +68,18 @@ def test_evidence_maps_to_the_panels_quadrant_crop():
         w, h = sample.meta["width"], sample.meta["height"]
         quadrant = sample.meta["panels"][sample.meta["panel"]]["quadrant"]
         assert boxes_to_crops(w, h, sample.evidence_boxes) == [quadrant]
+
+
+def test_locate_questions_name_each_panels_quadrant():
+    for sample, image in _scenes("val", 20):
+        pairs = locate_questions(sample)
+        assert len(pairs) == len(sample.meta["layout"]) == 4  # plain panels are asked about too
+        pixels = np.asarray(image).astype(int)
+        for (question, answer), panel in zip(pairs, sample.meta["layout"]):
+            assert panel["colour"] in question and answer == str(panel["quadrant"])
+            x1, y1, x2, y2 = crop_box(image.width, image.height, panel["quadrant"])
+            quadrant = pixels[y1:y2, x1:x2].reshape(-1, 3)  # the panel's colour fills part of it
+            assert (np.abs(quadrant - PALETTE[panel["colour"]]).sum(-1) == 0).mean() > 0.1
 
 
 def _interior_std(image: Image.Image, box, scale: float) -> float:

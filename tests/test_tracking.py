@@ -26,26 +26,7 @@ from awares_rl.wandb_offline import (
     run_files,
 )
 
-
-@pytest.fixture(autouse=True)
-def wandb_sandbox(tmp_path, monkeypatch):
-    """Keep every W&B file inside tmp_path, quiet, and the CWD clean."""
-    for var, sub in [
-        ("WANDB_CACHE_DIR", "cache"),
-        ("WANDB_DATA_DIR", "data"),
-        ("WANDB_CONFIG_DIR", "config"),
-        ("WANDB_ARTIFACT_DIR", "artifacts"),
-    ]:
-        monkeypatch.setenv(var, str(tmp_path / "wandb_home" / sub))
-    monkeypatch.delenv("WANDB_DIR", raising=False)
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.setenv("WANDB_CONSOLE", "off")
-    monkeypatch.setenv("WANDB__DISABLE_STATS", "true")  # no system-metrics sampler process
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    monkeypatch.chdir(cwd)
-    return cwd
+pytestmark = pytest.mark.usefixtures("wandb_sandbox")  # conftest: W&B files in tmp_path
 
 
 def make_episode(

@@ -15,6 +15,7 @@ import torch
 from awares_rl.config import ModelConfig, RolloutConfig
 from awares_rl.episode import Episode
 from awares_rl.rollout import EpisodeRunner, EpisodeSettings, SamplingConfig, make_engine
+from cluster.actor_group import reap_group_on_exit
 
 
 class RolloutWorker:
@@ -28,6 +29,7 @@ class RolloutWorker:
                  threads: int | None = None, dist=None) -> None:
         torch.set_num_threads(threads or max(1, int(rollout.cpus_per_worker)))
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(rollout.kv_cache_gib))
+        self.reaper = reap_group_on_exit()  # vLLM's engine processes must not outlive a killed run
         self.cfg = rollout
         self.engine = make_engine(rollout, model, model_path, seed=seed)
         tokenizer = self.engine.processor.tokenizer if hasattr(self.engine, "processor") else self.engine.tokenizer
