@@ -28,7 +28,7 @@ from awares_rl.learner.worker import LearnerWorker, OptimSettings
 from awares_rl.models import load_processor
 from awares_rl.run_paths import RunPaths
 from awares_rl.sampling import PromptSampler
-from awares_rl.tracking import log_step, stage_tracker
+from awares_rl.tracking import log_step, stage_tracker, truncate_metrics
 from cluster.actor_group import ActorGroup, ensure_ray
 from data_pipeline.trajectories import Trajectory, read_trajectories
 
@@ -96,6 +96,7 @@ class SFTTrainer:
         resume = latest_checkpoint(self.ckpt_root) if s.resume else None
         group = learner_group(self.cfg, resume or self.model_dir)
         state = group.call("load_state", str(resume))[0] if resume else TrainerState()
+        truncate_metrics(self.out_dir, state.step)  # rows a killed run logged after its checkpoint
         sampler = PromptSampler(len(self.train), self.cfg.run.seed, **state.extra.get("sampler", {}))
         with self._tracker() as tracker:
             for step in tqdm(range(state.step, s.steps), desc="sft", initial=state.step, total=s.steps):

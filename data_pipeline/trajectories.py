@@ -6,7 +6,8 @@
 2. A judge (``reward.judges``, chosen by the sample's metric) scores both answers against the
    ground truth; a crop is needed iff ``low_res_score < correct_threshold <= full_res_score``.
 3. For crop-needed samples, evidence boxes (the dataset's, or a grounding VLM's) map to crop ids
-   with ``awares_rl.crops.boxes_to_crops`` (``box_rule``).
+   with ``awares_rl.crops.boxes_to_crops`` (``box_rule``); with ``crop_labels="whole-image"`` the
+   call asks for the top and bottom halves instead (the same decision, no localisation needed).
 4. One trajectory per sample: ``["<answer>"]`` or ``["GET_CROPS: ['0']", "<answer>"]``.
 
 The answer turn is the ground truth ``answers[0]``, not the base model's full-res answer: the
@@ -70,6 +71,10 @@ class TrajectoryConfig:
     batch_size: int = 16  # samples per engine call (each asks at low AND at full res)
     correct_threshold: float = 0.5  # a judge score >= this is a right answer
     box_rule: Literal["smallest-cover", "max-iou"] = "smallest-cover"  # evidence box -> crop id
+    # What a crop turn asks for: "evidence" (the paper: the crops covering the evidence boxes) or
+    # "whole-image" (the top and bottom halves, i.e. all of the image at full resolution): for a
+    # policy that can learn WHEN it needs detail but not WHERE (the tiny model: see README).
+    crop_labels: Literal["evidence", "whole-image"] = "evidence"
     max_new_tokens: int = 24  # answer length cap, both resolutions
     low_res_scale: float = 0.5  # the low-res view; must equal rollout.low_res_scale
     vqa_system_prompt: str | None = None  # None: no system message, as pretrain trains the base model
@@ -103,6 +108,9 @@ class TrajectoryConfig:
         if metric is None:
             return self.default_judge
         return self.metric_judges.get(metric) or BENCHMARK_JUDGES.get(metric) or self.default_judge
+
+
+WHOLE_IMAGE_CROPS = (5, 6)  # the top and bottom halves of the crop set: together, the whole image
 
 
 # ---------------------------------------------------------------- the record
@@ -341,6 +349,8 @@ class TrajectoryBuilder:
             if k in grounded and not crops:
                 results[s.id] = Skipped(s.id, f"needs a crop, but the {source} grounder gave no evidence box")
                 continue
+            if crops and self.cfg.crop_labels == "whole-image":
+                crops = list(WHOLE_IMAGE_CROPS)
             image = os.path.relpath((root / s.image).resolve(), rel_dir.resolve())
             turns = (format_tool_call(crops), s.answers[0]) if crops else (s.answers[0],)
             results[s.id] = Trajectory(

@@ -140,6 +140,16 @@ def test_boxes_map_to_crops_through_the_pipeline(dataset, tokenizer, tmp_path, r
     assert read_trajectories(out) == list(trajs.values())
 
 
+def test_whole_image_labels_ask_for_both_halves(dataset, tokenizer):
+    samples, root = dataset
+    cfg = TrajectoryConfig(batch_size=4, crop_labels="whole-image")
+    trajs = {t.id: t for t in _build(samples, root, tokenizer, cfg)}
+    assert {k: t.crop_ids for k, t in trajs.items()} == {  # the same decisions, other crops
+        "crop-br": (5, 6), "direct": (), "both-wrong": (), "crop-rule": (5, 6), "crop-vlm": (5, 6)}
+    assert trajs["crop-br"].turns == ("GET_CROPS: ['5','6']", "red")
+    assert trajs["crop-br"].evidence_boxes == ((300.0, 300.0, 400.0, 400.0),)  # still recorded
+
+
 def test_dataset_grounder_only_uses_dataset_boxes(dataset, tokenizer, tmp_path):
     samples, root = dataset
     trajs = {t.id: t for t in _build(samples, root, tokenizer, TrajectoryConfig(grounder="dataset"))}
