@@ -34,7 +34,13 @@ from awares_rl.models.tiny import TinyModelConfig, build_tiny
 from awares_rl.vqa import accuracy_by_group, answer_questions, exact_match
 from data_pipeline.config import SynthConfig
 from data_pipeline.sample import Sample
-from data_pipeline.scene import locate_questions, make_scene, panel_questions, vocab_texts
+from data_pipeline.scene import (
+    locate_question,
+    locate_questions,
+    make_scene,
+    panel_questions,
+    vocab_texts,
+)
 
 VIEWS = ("full", "low", "crop")
 
@@ -229,14 +235,9 @@ def evaluate_views(
                         "family": accuracy_by_group(correct, families)}
     if "low" in views:  # grounding at low res: the crop id of the asked-about panel
         images = [low_res_view(im) for _, im in scenes]
-        asked = [locate_questions(s)[_layout_index(s)] for s, _ in scenes]
+        asked = [locate_question(s.meta["panels"][s.meta["panel"]]) for s, _ in scenes]
         preds = answer_questions(model, processor, images, [q for q, _ in asked], cfg.eval_batch_size)
         correct = [exact_match(p, (a,)) for p, (_, a) in zip(preds, asked)]
         report["locate_low"] = accuracy_by_group(correct, groups)
     return report
 
-
-def _layout_index(sample: Sample) -> int:
-    """Index in ``meta["layout"]`` of the panel the sample's question is about."""
-    quadrant = sample.meta["panels"][sample.meta["panel"]]["quadrant"]
-    return [p["quadrant"] for p in sample.meta["layout"]].index(quadrant)

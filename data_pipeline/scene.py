@@ -40,9 +40,9 @@ ANSWER_SPACE = {
     "count": tuple(str(i) for i in range(1, 10)),
     "digit": tuple(str(i) for i in range(10)),
 }
-# The grounding question, answered by the crop id (quadrant 0..3) that holds the named panel. The
-# base model is pretrained on it (as Qwen2.5-VL is on grounding), so that a policy can later say
-# WHERE to look: the answer is the very token a GET_CROPS call names.
+# The grounding question, answered by the crop id (quadrant 0..3) that holds the named panel: the
+# very token a GET_CROPS call names. Opt-in pretraining turns (``pretrain.locate_per_image``) and a
+# pretrain eval figure (``locate_low``) use it.
 LOCATE_QUESTION = "Which crop shows the {colour} panel?"
 _MARGIN = 6  # px between a detail and its panel's border
 
@@ -243,10 +243,14 @@ def panel_questions(sample: Sample, which: list[int] | None = None) -> list[tupl
     ]
 
 
+def locate_question(panel: dict) -> tuple[str, str]:
+    """(question, crop id) asking where a panel (``colour``, ``quadrant``) is."""
+    return LOCATE_QUESTION.format(colour=panel["colour"]), str(panel["quadrant"])
+
+
 def locate_questions(sample: Sample) -> list[tuple[str, str]]:
-    """(question, crop id) grounding pairs, one per drawn panel (plain ones included)."""
-    return [(LOCATE_QUESTION.format(colour=p["colour"]), str(p["quadrant"]))
-            for p in sample.meta.get("layout", [])]
+    """Grounding pairs, one per drawn panel (plain ones included)."""
+    return [locate_question(p) for p in sample.meta.get("layout", [])]
 
 
 def vocab_texts(cfg: SynthConfig) -> list[str]:
