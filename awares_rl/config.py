@@ -154,15 +154,18 @@ class EvalConfig:
 class GRPOConfig:
     """Multi-turn GRPO (awares_rl.grpo): PPO-clip on group-relative advantages."""
 
-    steps: int = 30  # optimizer steps (one rollout batch each)
+    steps: int = 30  # GRPO steps: one rollout batch each, ppo_epochs * mini_batches optimizer steps on it
     prompts_per_step: int = 8  # N prompts; N * G episodes a step
+    mini_batches: int = 1  # a step's sequences split into this many mini-batches, one optimizer step each
+    ppo_epochs: int = 1  # passes over a step's sequences (> 1 or mini_batches > 1: the PPO ratio moves off 1)
     lr: float = 2e-5
-    warmup_steps: int = 0
+    warmup_steps: int = 0  # in GRPO steps (the schedule runs over optimizer steps: times epochs x mini-batches)
     clip_low: float = 0.2  # PPO ratio clipped to [1 - clip_low, 1 + clip_high]
     clip_high: float = 0.28
     kl_coef: float = 0.0  # beta * KL(pi || pi_ref) in the loss (0: no reference model needed)
     kl_kind: Literal["k1", "k2", "k3"] = "k3"
     agg: Literal["token-mean", "seq-mean-token-mean", "dr-grpo"] = "token-mean"
+    max_len: int | None = None  # dr-grpo's constant normaliser; None = 2 * rollout.max_new_tokens (2 turns)
     adv_scale: Literal["group", "none"] = "group"  # none = Dr.GRPO (no std normalisation)
     tis_cap: float | None = 2.0  # truncated importance weight between rollout and learner logprobs
     grad_clip: float = 1.0
@@ -178,6 +181,12 @@ class GRPOConfig:
             raise ValueError(f"grpo.clip_low must be in [0, 1) and clip_high >= 0, got {self.clip_low}, {self.clip_high}")
         if self.kl_coef < 0:
             raise ValueError(f"grpo.kl_coef must be >= 0, got {self.kl_coef}")
+        if self.mini_batches < 1 or self.ppo_epochs < 1:
+            raise ValueError(f"grpo.mini_batches and grpo.ppo_epochs must be >= 1 (1 and 1: one optimizer step "
+                             f"per rollout batch), got {self.mini_batches}, {self.ppo_epochs}")
+        if self.max_len is not None and self.max_len < 1:
+            raise ValueError(f"grpo.max_len must be a positive token count, or null for 2 * rollout.max_new_tokens; "
+                             f"got {self.max_len}")
 
 
 @dataclass(frozen=True)

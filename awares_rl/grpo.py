@@ -2,8 +2,10 @@
 
 The driver holds no model. Each step draws ``prompts_per_step`` samples, has the rollout workers
 run ``rollout.group_size`` 2-turn episodes for each, scores them with the reward pool, turns the
-rewards into group-relative advantages, runs the learner update, and pushes the new weights to
-every rollout worker (versioned: each Episode records the policy version that produced it).
+rewards into group-relative advantages, runs the learner update (``ppo_epochs`` passes over the
+batch in ``mini_batches`` optimizer steps each, PPO-clipped against the learner's own logprobs
+before the first), and pushes the new weights to every rollout worker (versioned: each Episode
+records the policy version that produced it).
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ from awares_rl.algo import group_advantages
 from awares_rl.checkpoint import TrainerState, latest_checkpoint, prune_checkpoints, step_dir
 from awares_rl.config import RecipeConfig, load_recipe
 from awares_rl.episode import Episode
-from awares_rl.learner.batch import episode_to_sequence
-from awares_rl.learner.ppo import PPOClip, finish_stats
+from awares_rl.learner.batch import TokenSequence, episode_to_sequence
+from awares_rl.learner.ppo import PPOClip, pool_steps
 from awares_rl.learner.worker import LearnerWorker, OptimSettings
 from awares_rl.rollout.worker import RolloutWorker
 from awares_rl.run_paths import RunPaths
@@ -63,6 +65,29 @@ def episode_advantages(episodes: list[Episode], group_size: int, scale: str) -> 
     return group_advantages(rewards, group_size, scale=scale)
 
 
+def minibatch_indices(n: int, mini_batches: int, epochs: int, seed: int) -> list[list[int]]:
+    """Which of a step's ``n`` sequences each of its ``epochs * mini_batches`` optimizer steps takes.
+
+    Each pass is a permutation of range(n) seeded by ``seed`` (the rollout order when
+    ``mini_batches`` is 1), cut into ``mini_batches`` contiguous parts whose sizes differ by at
+    most one. It depends on the arguments only, so a resumed run takes exactly the same steps.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    parts: list[list[int]] = []
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=gen).tolist() if mini_batches > 1 else list(range(n))
+        parts += split_evenly(order, mini_batches)
+    return parts
+
+
+def attach_logprobs(seqs: list[TokenSequence], key: str, scorer: ActorGroup) -> None:
+    """Set ``seq.<key>`` (``ref_logprobs`` / ``old_logprobs``) of every sequence to ``scorer``'s
+    ``eval_logprobs`` of it, the sequences split across its workers."""
+    scored = [lp for part in scorer.call_split("eval_logprobs", seqs) for lp in part]
+    for seq, lp in zip(seqs, scored, strict=True):
+        setattr(seq, key, lp)
+
+
 def start_local_ray(cpus_needed: float) -> None:
     """Start a local Ray sized for the recipe's actors (logical CPUs may exceed the cores: on a
     laptop rollout, reward and learner take turns); with RAY_ADDRESS set, join that cluster."""
@@ -86,15 +111,21 @@ class GRPOTrainer:
         self.start_model = start_model or self.paths.model("sft")
         train_file = ensure_data(cfg, "train")
         self.samples, self.root = read_samples(train_file)[0], train_file.parent
-        g = cfg.grpo
-        self.objective = PPOClip(g.clip_low, g.clip_high, g.agg, None, g.kl_coef, g.kl_kind, g.tis_cap)
+        g, per_step = cfg.grpo, cfg.grpo.prompts_per_step * cfg.rollout.group_size
+        if per_step < g.mini_batches * cfg.learner.num_workers:
+            raise ValueError(
+                f"grpo.mini_batches={g.mini_batches} x learner.num_workers={cfg.learner.num_workers} needs at least "
+                f"that many episodes a step, got {per_step}: lower grpo.mini_batches or raise grpo.prompts_per_step")
+        max_len = g.max_len or 2 * cfg.rollout.max_new_tokens  # the most action tokens of a 2-turn episode
+        self.objective = PPOClip(g.clip_low, g.clip_high, g.agg, max_len, g.kl_coef, g.kl_kind, g.tis_cap)
 
     def _groups(self, model_dir):
         cfg, g, lc, rc = self.cfg, self.cfg.grpo, self.cfg.learner, self.cfg.rollout
         start_local_ray(lc.num_workers * lc.cpus_per_worker + rc.num_workers * rc.cpus_per_worker
                         + cfg.reward.num_workers * cfg.reward.cpus_per_worker + (lc.cpus_per_worker if g.kl_coef else 0))
-        optim = OptimSettings(lr=g.lr, total_steps=g.steps, warmup_steps=g.warmup_steps, min_lr_ratio=1.0,
-                              grad_clip=g.grad_clip)
+        per_batch = g.ppo_epochs * g.mini_batches  # optimizer steps per GRPO step
+        optim = OptimSettings(lr=g.lr, total_steps=g.steps * per_batch, warmup_steps=g.warmup_steps * per_batch,
+                              min_lr_ratio=1.0, grad_clip=g.grad_clip)
         learner = ActorGroup(LearnerWorker, lc.num_workers, str(model_dir), lc, optim, cfg.model, cfg.run.seed,
                              cpus_per_actor=lc.cpus_per_worker, gpus_per_actor=lc.gpus_per_worker,
                              in_process=not lc.use_ray)
@@ -144,13 +175,7 @@ class GRPOTrainer:
                     reward.score_episodes(episodes)
                 adv = episode_advantages(episodes, G, g.adv_scale)
                 seqs = [episode_to_sequence(ep, float(a)) for ep, a in zip(episodes, adv) if ep.error is None]
-                if reference is not None:
-                    with timer("reference"):
-                        ref = [lp for part in reference.call_split("eval_logprobs", seqs) for lp in part]
-                    for seq, lp in zip(seqs, ref, strict=True):
-                        seq.ref_logprobs = lp
-                with timer("learner"):
-                    metrics = finish_stats(learner.call_split("train_step", seqs, self.objective)[0])
+                metrics = self._learn(learner, reference, seqs, step, timer)
                 with timer("sync"):
                     sync_s = self.sync(learner, rollout, step + 1)
                 state = TrainerState(step + 1, step + 1, state.samples_seen + len(batch), {"sampler": sampler.state()})
@@ -165,6 +190,24 @@ class GRPOTrainer:
                 group.shutdown()
         reward.shutdown()
         return out
+
+    def _learn(self, learner: ActorGroup, reference: ActorGroup | None, seqs: list[TokenSequence], step: int,
+               timer: StageTimer) -> dict[str, float]:
+        """The PPO update of one rollout batch: reference logprobs (KL), the learner's own logprobs
+        (pi_old, frozen for the batch) when it takes several optimizer steps on it, then
+        ``ppo_epochs`` x ``mini_batches`` steps; returns their pooled metrics (``pool_steps``).
+        With one step, ``old_logprobs`` would equal the learner's detached logprobs: not computed."""
+        g = self.cfg.grpo
+        if reference is not None:
+            with timer("reference"):
+                attach_logprobs(seqs, "ref_logprobs", reference)
+        if g.ppo_epochs * g.mini_batches > 1:
+            with timer("old_logprobs"):
+                attach_logprobs(seqs, "old_logprobs", learner)
+        parts = minibatch_indices(len(seqs), g.mini_batches, g.ppo_epochs, sampling_seed(self.cfg.run.seed, step, 0))
+        with timer("learner"):
+            steps = [learner.call_split("train_step", [seqs[i] for i in part], self.objective)[0] for part in parts]
+        return pool_steps(steps, g.ppo_epochs)
 
     def _tracker(self):
         return stage_tracker(self.cfg, "grpo", self.out_dir)

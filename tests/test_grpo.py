@@ -62,6 +62,7 @@ def test_two_grpo_steps_with_real_actors(tmp_path, tool_model_dir, wandb_sandbox
         f"run.out_dir={tmp_path}", "run.name=g", "data.n_train=8", "rollout.group_size=4",
         "rollout.max_new_tokens=16", "grpo.steps=2", "grpo.prompts_per_step=2", "grpo.lr=1e-3",
         "grpo.save_every=1", "grpo.kl_coef=0.01", "learner.backend=deepspeed", "learner.zero_stage=1",
+        "grpo.mini_batches=2", "grpo.ppo_epochs=2",
         "logging.wandb=true", "logging.wandb_mode=offline", "grpo.log_tables_every=2",
     ])
     try:
@@ -73,8 +74,11 @@ def test_two_grpo_steps_with_real_actors(tmp_path, tool_model_dir, wandb_sandbox
     assert all(torch.isfinite(torch.tensor(r["learner/loss"])) for r in rows)
     assert rows[0]["rollout/policy_version"] == 0 and rows[1]["rollout/policy_version"] == 1
     assert rows[0]["rollout/episodes"] == 8 and rows[0]["learner/action_tokens"] > 0
-    assert rows[0]["learner/kl_ref"] == pytest.approx(0.0, abs=1e-5)  # step 1: policy == reference
-    assert rows[1]["learner/kl_ref"] > 0  # after one update the policy moved away from it
+    # 2 epochs x 2 mini-batches: 4 optimizer steps a batch, PPO-clipped against the learner's own
+    # logprobs before the first, which equal the engine's (it sampled with the synced weights)
+    assert [r["learner/step"] for r in rows] == [4, 8]
+    assert all(r["learner/rollout_kl"] == pytest.approx(0.0, abs=1e-5) for r in rows)
+    assert all(r["learner/clip_fraction"] > 0 and r["learner/kl_ref"] > 0 for r in rows)  # the policy moved
     before, after = load_file(str(tool_model_dir / "model.safetensors")), load_file(str(out / "model.safetensors"))
     assert any(not torch.equal(before[k], after[k]) for k in before)
     assert (cfg.run.dir / "checkpoints" / "grpo").is_dir()

@@ -33,7 +33,7 @@ STEPS = 4
 OVERRIDES = [
     "data.n_train=8", "rollout.group_size=4", "rollout.max_new_tokens=16", f"grpo.steps={STEPS}",
     "grpo.prompts_per_step=2", "grpo.lr=1e-3", "grpo.save_every=2", "learner.backend=deepspeed",
-    "logging.wandb=false",
+    "logging.wandb=false", "grpo.mini_batches=2", "grpo.ppo_epochs=2",  # seeded split, 4 optimizer steps a step
 ]  # fmt: skip
 MARKER = "AWARES_TEST_RUN"
 VOLATILE = ("time/", "perf/", "learner/step_s")  # wall-clock metrics: never equal across runs

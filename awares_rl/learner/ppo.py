@@ -8,11 +8,16 @@ and the count is the micro-batch's share of the normaliser, so the step's loss e
     token-mean:           mean over action tokens   -> count = action tokens
     seq-mean-token-mean:  mean over sequences        -> count = sequences
     dr-grpo:              sum / (B * max_len)        -> count = sequences
+
+dr-grpo needs a constant ``max_len`` for that: its default, the micro-batch's padded width, changes
+with the split. ``old_logprobs`` are the learner's own logprobs of the sequences before the first
+of a rollout batch's optimizer steps; without them (one step per batch) ``logprobs.detach()``
+stands in, the ratio is 1 and nothing is clipped.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -30,7 +35,7 @@ class PPOClip:
     clip_low: float = 0.2
     clip_high: float = 0.28
     agg: str = "token-mean"
-    max_len: int | None = None  # dr-grpo's constant length (default: the batch width)
+    max_len: int | None = None  # dr-grpo's constant length (None: each micro-batch's width, split-dependent)
     kl_coef: float = 0.0
     kl_kind: str = "k3"
     tis_cap: float | None = None
@@ -71,4 +76,27 @@ def finish_stats(metrics: dict[str, float]) -> dict[str, float]:
     out = {k: v for k, v in metrics.items() if not k.endswith("_sum")}
     out.update({k[:-4]: v / tokens for k, v in metrics.items() if k.endswith("_sum") and k != "loss_sum"
                 and k != "ratio_max_sum"})
+    return out
+
+
+# Per-batch counts of a train_step: pooled over a GRPO step's optimizer steps, then per pass.
+_COUNTS = ("sequences", "tokens", "action_tokens", "denominator")
+
+
+def pool_steps(steps: Sequence[Mapping[str, float]], epochs: int = 1) -> dict[str, float]:
+    """One GRPO step's learner metrics from its ``epochs * mini_batches`` train_step results.
+
+    The ``*_sum`` stats are pooled over all the optimizer steps, so e.g. ``clip_fraction`` is the
+    clipped share of every action token of every step (``finish_stats``); the counts
+    (sequences, tokens, action_tokens, denominator) are per pass over the batch; ``step`` is the
+    last optimizer step, ``step_s`` their total; the rest (loss, grad_norm, lr) is averaged.
+    One step in, ``finish_stats`` of it out.
+    """
+    if not steps:
+        raise ValueError("pool_steps needs the metrics of at least one optimizer step")
+    pooled = {k: sum(s[k] for s in steps) for k in steps[0] if k.endswith("_sum") or k in _COUNTS}
+    out = finish_stats(pooled)
+    out.update({k: v / epochs for k, v in pooled.items() if k in _COUNTS})
+    out.update({k: sum(s[k] for s in steps) / len(steps) for k in steps[0] if k not in pooled})
+    out["step"], out["step_s"] = steps[-1]["step"], sum(s["step_s"] for s in steps)
     return out

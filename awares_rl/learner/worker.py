@@ -228,7 +228,7 @@ class LearnerWorker:
         self.backend.load(state_dir)
         self.scheduler.load_state_dict(torch.load(state_dir / "scheduler.pt", weights_only=False))
         ckpt_io.load_rng(ckpt_dir, self.dist.rank)
-        self.step_count = state.step
+        self.step_count = self.scheduler.last_epoch  # optimizer steps (GRPO: several per state.step)
         return state
 
     def _barrier(self) -> None:
