@@ -213,6 +213,12 @@ class RecipeConfig:
                             ("synth", "the synth section"), ("model", "the tiny section")):
             if getattr(self.pretrain, name) != getattr(base, name):
                 raise ValueError(f"pretrain.{name} is set by the recipe's {where}; set it there instead")
+        step = self.tiny.model_family.side_step
+        if self.model.path is None and self.synth.side_step % step:
+            raise ValueError(
+                f"synth.side_step = {self.synth.side_step} must be a multiple of {step} for the tiny "
+                f"{self.tiny.family} (2 x its {step // 2} px per visual token), or the low-res view and "
+                f"crops get resampled; set synth.side_step={step} (and min_side/max_side multiples of it)")
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> RecipeConfig:

@@ -40,7 +40,7 @@ from data_pipeline.trajectories import Trajectory
 from reward.judges import BENCHMARK_JUDGES
 from reward.scoring import run_judge
 
-MODES = ("low", "full", "policy")
+MODES = ("low", "full", "policy", "grounding")  # grounding: "Which crop shows ...?" at low res
 
 
 @dataclass
@@ -90,6 +90,23 @@ def attach_labels(items: list[EvalItem], trajectories: str | Path) -> None:
             item.needs_crop, item.crop_ids = labels[item.sample.id].needs_crop, labels[item.sample.id].crop_ids
 
 
+def grounding_items(items: list[EvalItem]) -> list[EvalItem]:
+    """The grounding probe of synthetic samples: "Which crop shows the <colour> panel?" about the
+    asked panel, answered by its quadrant's crop id (exact match) on the low-res view. ValueError
+    names the first sample without the generator's ``meta.panels``."""
+    from data_pipeline.scene import locate_question
+
+    out = []
+    for it in items:
+        s, panels = it.sample, it.sample.meta.get("panels")
+        if not panels:
+            raise ValueError(f"sample {s.id!r} has no meta.panels: the grounding probe needs the "
+                             "synthetic benchmark's samples (awares-rl data synth); drop eval mode 'grounding'")
+        question, crop = locate_question(panels[s.meta["panel"]])
+        out.append(EvalItem(dataclasses.replace(s, question=question, answers=(crop,), metric="exact")))
+    return out
+
+
 def _single_turn(engine, processor, items: list[EvalItem], images: list[Image.Image], mode: str,
                  sampling: SamplingConfig, scale: float) -> list[Prediction]:
     tok = processor.tokenizer
@@ -136,7 +153,8 @@ def run_mode(engine, processor, items: list[EvalItem], root: Path, mode: str, cf
         if mode == "policy":
             preds += _policy(engine, processor, batch, images, sampling, settings)
         else:
-            preds += _single_turn(engine, processor, batch, images, mode, sampling, cfg.rollout.low_res_scale)
+            view = "full" if mode == "full" else "low"  # grounding asks at low res
+            preds += _single_turn(engine, processor, batch, images, view, sampling, cfg.rollout.low_res_scale)
     return preds
 
 
@@ -184,9 +202,14 @@ def summarize(preds: list[Prediction], items: list[EvalItem], mode: str = "polic
     labelled = [(p, it) for p, it in zip(preds, items) if it.needs_crop is not None]
     if labelled:
         out["crop_decision_accuracy"] = 100 * _mean([float(bool(p.crop_ids) == it.needs_crop) for p, it in labelled])
-        both = [(set(p.crop_ids), set(it.crop_ids)) for p, it in labelled if p.crop_ids and it.crop_ids]
-        out["crop_jaccard"] = _mean([len(a & b) / len(a | b) for a, b in both]) if both else None
+        needed = [(set(p.crop_ids), set(it.crop_ids)) for p, it in labelled if it.needs_crop and it.crop_ids]
+        out["crop_jaccard"] = _mean([crop_jaccard(a, b) for a, b in needed]) if needed else None
     return out
+
+
+def crop_jaccard(policy: set[int], label: set[int]) -> float:
+    """|policy & label| / |policy | label| of two crop-id sets; 0 when the policy took no crop."""
+    return len(policy & label) / len(policy | label) if policy else 0.0
 
 
 ROWS = (  # (label, summary key, format)
@@ -231,9 +254,10 @@ def evaluate(cfg: RecipeConfig, checkpoint: str | Path, data: str | Path,
     summary, samples = {}, {}
     try:
         for mode in cfg.eval.modes:
-            preds = run_mode(engine, processor, items, Path(data).parent, mode, cfg)
-            score(preds, items, cfg)
-            summary[mode], samples[mode] = summarize(preds, items, mode), [dataclasses.asdict(p) for p in preds]
+            asked = grounding_items(items) if mode == "grounding" else items
+            preds = run_mode(engine, processor, asked, Path(data).parent, mode, cfg)
+            score(preds, asked, cfg)
+            summary[mode], samples[mode] = summarize(preds, asked, mode), [dataclasses.asdict(p) for p in preds]
     finally:
         engine.close()
     return {"checkpoint": str(checkpoint), "data": str(data), "engine": type(engine).__name__,

@@ -63,11 +63,14 @@ class PretrainConfig:
     view_low: float = 0.35  # ... on the 0.5 low-res view
     view_crop: float = 0.35  # ... on a full-res crop of the crop set (asked about panels in it)
     questions_per_image: int = 4  # QA turns per training image (one per visible panel, at most)
-    # grounding turns ("Which crop shows the red panel?" -> "2") added per full or low-res image.
-    # Off by default: the 2-layer tiny decoder did not learn them (chance, 25%, after 300 mixed
-    # steps and after 200 grounding-only steps with 2 or 4 layers, rope_theta 1e4 or 20); the
-    # ``locate_low`` figure of every pretrain eval tracks this ability for larger configs.
+    # grounding turns ("Which crop shows the red panel?" -> "2") added per full or low-res image,
+    # about the panels that hold a detail. Mixed into reading from step 0 they stayed at chance
+    # (25% after 300 steps, tiny Qwen3-VL with a sin-cos position table), while grounding alone
+    # reached 84% in 100 steps: so the first ``locate_warmup_steps`` steps train grounding only.
     locate_per_image: int = 0
+    locate_warmup_steps: int = 0  # leading steps of grounding-only conversations (of ``steps``)
+    probe_every: int = 50  # steps between val probes (grounding, per-tier low-res accuracy); 0: none
+    probe_samples: int = 64  # val samples each probe scores
     eval_samples: int = 200  # val samples scored at low and full res after training (0: skip)
     eval_batch_size: int = 16
     time_budget_s: float = 0.0  # stop training after this many seconds (0: no limit)
@@ -90,6 +93,9 @@ class PretrainConfig:
             )
         if self.questions_per_image < 1 or self.locate_per_image < 0:
             raise ValueError("PretrainConfig.questions_per_image must be >= 1, locate_per_image >= 0")
+        if not 0 <= self.locate_warmup_steps < self.steps:
+            raise ValueError(f"pretrain.locate_warmup_steps = {self.locate_warmup_steps} must be in "
+                             f"[0, pretrain.steps = {self.steps}): leave steps for reading")
         if self.threads < 1:
             raise ValueError(f"PretrainConfig.threads = {self.threads} must be >= 1")
 
@@ -141,6 +147,20 @@ def training_stream(cfg: PretrainConfig) -> Iterator[Conversation]:
         index += 1
 
 
+def grounding_stream(cfg: PretrainConfig) -> Iterator[Conversation]:
+    """Endless grounding-only conversations ("Which crop shows the red panel?" -> crop id) on
+    the low-res view or the full image (in the ratio of ``view_low`` to ``view_full``), from
+    the "train" split's samples after those ``training_stream`` draws first."""
+    rng = np.random.default_rng([cfg.seed, 1])
+    p_low = cfg.view_low / max(cfg.view_low + cfg.view_full, 1e-9)
+    index = 10_000_000  # disjoint from the reading stream's samples
+    while True:
+        sample, image = make_scene(cfg.seed, "train", index, cfg.synth)
+        shown = low_res_view(image) if rng.random() < p_low else image
+        yield multi_qa_conversation(shown, locate_questions(sample))
+        index += 1
+
+
 def lr_at(step: int, cfg: PretrainConfig) -> float:
     """Linear warm-up to ``lr``, then cosine decay to ``min_lr_ratio * lr`` at ``steps``."""
     if step < cfg.warmup_steps:
@@ -170,10 +190,15 @@ def train_loop(model, processor, optimizer, cfg: PretrainConfig) -> tuple[list[d
     """Run the optimizer steps (stopping early at ``time_budget_s``); returns the learning curve
     and the number of steps done."""
     stream, curve, start, step = training_stream(cfg), [], time.perf_counter(), -1
+    warm = grounding_stream(cfg)
+    probes: list[dict] = []
     for step in (bar := tqdm(range(cfg.steps), desc="pretrain", dynamic_ncols=True)):
+        if cfg.probe_every and step % cfg.probe_every == 0 and step:
+            probes.append({"step": step, **probe(model, processor, cfg)})
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
-        batch = collate_conversations([next(stream) for _ in range(cfg.batch_size)], processor)
+        source = warm if step < cfg.locate_warmup_steps else stream
+        batch = collate_conversations([next(source) for _ in range(cfg.batch_size)], processor)
         stats = train_step(model, batch, optimizer, cfg)
         elapsed = time.perf_counter() - start
         bar.set_postfix(loss=f"{stats['loss']:.3f}", vis=f"{stats['vision_grad_norm']:.2f}")
@@ -181,7 +206,26 @@ def train_loop(model, processor, optimizer, cfg: PretrainConfig) -> tuple[list[d
             curve.append({"step": step, "lr": lr_at(step, cfg), "elapsed_s": round(elapsed, 1), **stats})
         if cfg.time_budget_s and elapsed > cfg.time_budget_s:
             break
-    return curve, step + 1
+    if cfg.probe_every:
+        probes.append({"step": step + 1, **probe(model, processor, cfg)})
+    return curve, probes, step + 1
+
+
+def probe(model, processor, cfg: PretrainConfig) -> dict[str, float]:
+    """Low-res accuracy on the first ``probe_samples`` val samples: the grounding question and
+    the asked question per tier (``<tier>_low``); the model is back in train mode after."""
+    scenes = [make_scene(cfg.seed, "val", i, cfg.synth) for i in range(cfg.probe_samples)]
+    images = [low_res_view(im) for _, im in scenes]
+    asked = [locate_question(s.meta["panels"][s.meta["panel"]]) for s, _ in scenes]
+    model.eval()
+    where = answer_questions(model, processor, images, [q for q, _ in asked], cfg.eval_batch_size)
+    what = answer_questions(model, processor, images, [s.question for s, _ in scenes], cfg.eval_batch_size)
+    model.train()
+    out = {"grounding": float(np.mean([exact_match(p, (a,)) for p, (_, a) in zip(where, asked)]))}
+    by_tier = accuracy_by_group([exact_match(p, s.answers) for p, (s, _) in zip(what, scenes)],
+                                [s.meta["tier"] for s, _ in scenes])
+    out.update({f"{t}_low": v["accuracy"] / 100 for t, v in by_tier.items() if t != "all"})
+    return out
 
 
 def fit(cfg: PretrainConfig) -> Path:
@@ -194,14 +238,14 @@ def fit(cfg: PretrainConfig) -> Path:
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start = time.perf_counter()
     with fast_vision(model) if cfg.fast_vision else contextlib.nullcontext():
-        curve, steps_done = train_loop(model, processor, optimizer, cfg)
+        curve, probes, steps_done = train_loop(model, processor, optimizer, cfg)
     train_s = time.perf_counter() - start
     model.eval()
     model.save_pretrained(out / "model")
     processor.save_pretrained(out / "model")
     report = evaluate_views(model, processor, cfg) if cfg.eval_samples else {}
     log = {"config": asdict(cfg), "train_seconds": round(train_s, 1), "steps_done": steps_done,
-           "curve": curve, "eval": report}
+           "curve": curve, "probes": probes, "eval": report}
     (out / "pretrain_log.json").write_text(json.dumps(log, indent=1))
     return out / "model"
 

@@ -197,6 +197,19 @@ class Tracker:
         )
         self.run.log({key: plot}, step=step)
 
+    def log_results(self, rows: dict[str, dict], images: dict[str, Path] | None = None, step: int = 0) -> None:
+        """The final table (one row per model: accuracy, RTR, visual tokens, crop rate, Jaccard,
+        grounding) as a ``wandb.Table`` and run summary, the accuracy-vs-RTR scatter, and PNGs."""
+        if self.run is None:
+            return
+        keys = ("accuracy", "rtr", "visual_tokens", "crop_rate", "tool_call_validity", "crop_jaccard", "grounding")
+        data = [[name, *(r.get(k) for k in keys)] for name, r in rows.items()]
+        self.run.log({"results": wandb.Table(columns=["model", *keys], data=data)}, step=step)
+        self.log_accuracy_vs_rtr({n: (r["accuracy"], r["rtr"]) for n, r in rows.items()}, step=step)
+        self.summary({f"{n}/{k}": r[k] for n, r in rows.items() for k in keys if r.get(k) is not None})
+        for key, path in (images or {}).items():
+            self.run.log({key: wandb.Image(str(path))}, step=step)
+
     def summary(self, values: dict[str, Any]) -> None:
         """Set run-level summary values (final accuracies, best step, ...)."""
         if self.run is not None:

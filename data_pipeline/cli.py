@@ -28,7 +28,7 @@ def add_data_parsers(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     synth.add_argument("--backend", default="auto", choices=("auto", "serial", "process", "ray"))
     synth.add_argument(
         "--set", action="append", default=[], metavar="FIELD=VALUE",
-        help="override a SynthConfig field, e.g. --set max_side=1344 (repeatable)",
+        help="override a SynthConfig field, e.g. --set max_side=1344 (a multiple of side_step) (repeatable)",
     )
     synth.set_defaults(func=run_synth)
 

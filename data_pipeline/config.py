@@ -1,8 +1,9 @@
 """Configuration of the synthetic high-res benchmark (``SynthConfig``).
 
-The embedded default is sized for the tiny CPU recipe: image sides 448-672 px (low-res view
-224-336 px, i.e. 64-144 visual tokens; full res 256-576), so that pretraining the tiny model fits
-in minutes on 2 cores. GPU recipes raise ``max_side`` towards the paper's ~1344 px.
+The embedded default is sized for the tiny CPU recipe (Qwen3-VL, 32 px a visual token): image
+sides 448-640 px (low-res view 224-320 px, i.e. 49-100 visual tokens; full res 196-400), so that
+pretraining the tiny model fits in minutes on 2 cores. GPU recipes raise ``max_side`` towards the
+paper's ~1344 px (a multiple of ``side_step``).
 """
 
 from __future__ import annotations
@@ -10,10 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 # The detail families the generator knows. "pattern" has a small tier (1-px texture that a 0.5
-# downscale averages to a flat tint) and a large tier (7-px cells that survive it); "colour",
-# "shape" and "count" are large-only; "digit" is the optional OCR-like tier (small digits).
+# downscale averages to a flat tint), a medium tier (the same 1-px texture under a faint 2-px
+# "echo" that survives the downscale but shows the answer's class only ``medium_echo_truth`` of
+# the time, so the low-res view is right only sometimes and cannot tell when) and a large tier
+# (7-px cells that survive it); "colour", "shape" and "count" are large-only; "digit" is the
+# optional OCR-like tier (small digits).
 FAMILIES = ("pattern", "colour", "shape", "count", "digit")
 SMALL_TIER_FAMILIES = ("pattern", "digit")
+MEDIUM_TIER_FAMILIES = ("pattern",)
+TIERS = ("small", "medium", "large")
 DISTRACTORS = ("other-family", "same-family", "none")
 
 
@@ -22,12 +28,17 @@ class SynthConfig:
     """Knobs of the synthetic benchmark; every field is validated in ``__post_init__``."""
 
     min_side: int = 448  # smallest image side (px); a multiple of side_step
-    max_side: int = 672  # largest image side (px); both sides drawn independently (aspect varies)
-    # Sides are multiples of 56 so that the full image, its 0.5 low-res view and every crop of the
-    # crop set are multiples of 28 px: the Qwen2.5-VL processor then never resamples them, and a
-    # 1-px texture reaches the vision tower intact at full resolution.
-    side_step: int = 56
-    small_detail_share: float = 0.22  # share of questions whose detail is too small for low res
+    max_side: int = 640  # largest image side (px); both sides drawn independently (aspect varies)
+    # Sides are multiples of twice the model family's pixels per visual token (64 for Qwen3-VL's
+    # 32 px, 56 for Qwen2.5-VL's 28: ``ModelFamily.side_step``), so that the full image, its 0.5
+    # low-res view and every crop of the crop set are whole visual tokens: the processor then
+    # never resamples them, and a 1-px texture reaches the vision tower intact at full resolution.
+    side_step: int = 64
+    small_detail_share: float = 0.08  # share of questions whose detail is too small for low res
+    medium_detail_share: float = 0.10  # share whose low-res view is right only sometimes (pattern)
+    medium_echo_cell: int = 2  # cell (px) of the medium tier's echo: period 4, 2 in the 0.5 view
+    medium_echo_strength: float = 0.3  # relative brightness swing of the echo (the 1-px texture: 0.7)
+    medium_echo_truth: float = 0.6  # probability that the echo shows the answer's class
     # Relative weights of the question families. Only "pattern" is on by default: its details are
     # fixed per-patch templates that the tiny model reads in tens of steps. The others work but
     # learn far slower from scratch (measured: colour of a mark 54% after 200 steps alone, 29%
@@ -73,17 +84,17 @@ class SynthConfig:
         self._check_details()
 
     def _check_sizes(self) -> None:
-        if self.side_step <= 0 or self.side_step % 56:
+        if self.side_step <= 0 or self.side_step % 8:
             raise ValueError(
-                f"SynthConfig.side_step = {self.side_step} must be a positive multiple of 56 so "
-                "that the low-res view and the crops stay multiples of 28 px; use 56"
+                f"SynthConfig.side_step = {self.side_step} must be a positive multiple of 8; use "
+                "twice the model's pixels per visual token (64 for Qwen3-VL, 56 for Qwen2.5-VL)"
             )
         for name in ("min_side", "max_side"):
             value = getattr(self, name)
             if value % self.side_step or value < 224:
                 raise ValueError(
                     f"SynthConfig.{name} = {value} must be a multiple of side_step "
-                    f"({self.side_step}) and >= 224; e.g. 448 or 672"
+                    f"({self.side_step}) and >= 224; e.g. 448 or 640 (side_step 64)"
                 )
         if self.min_side > self.max_side:
             raise ValueError(
@@ -103,9 +114,26 @@ class SynthConfig:
             )
 
     def _check_weights(self) -> None:
-        if not 0.0 <= self.small_detail_share <= 1.0:
+        shares = (self.small_detail_share, self.medium_detail_share)
+        if min(shares) < 0 or sum(shares) > 1:
             raise ValueError(
-                f"SynthConfig.small_detail_share = {self.small_detail_share} must be in [0, 1]"
+                f"SynthConfig.small_detail_share ({self.small_detail_share}) and "
+                f"medium_detail_share ({self.medium_detail_share}) must be >= 0 and sum to <= 1"
+            )
+        if self.medium_detail_share > 0 and self.pattern_weight <= 0:
+            raise ValueError(
+                f"SynthConfig.medium_detail_share = {self.medium_detail_share} > 0 needs the "
+                "pattern family (pattern_weight > 0), the only one with a medium tier; or set it to 0"
+            )
+        if not 0 <= self.medium_echo_truth <= 1 or not 0 < self.medium_echo_strength < 1:
+            raise ValueError(
+                "SynthConfig.medium_echo_truth must be in [0, 1] and medium_echo_strength in (0, 1); "
+                f"got {self.medium_echo_truth}, {self.medium_echo_strength}"
+            )
+        if self.medium_echo_cell < 2 or self.medium_echo_cell % 2:
+            raise ValueError(
+                f"SynthConfig.medium_echo_cell = {self.medium_echo_cell} must be even and >= 2 "
+                "(so the 0.5 view keeps it); use 2"
             )
         if sum(self.family_weights().values()) <= 0:
             raise ValueError(

@@ -90,6 +90,18 @@ def draw_pattern(
     return box
 
 
+def draw_echo(canvas: np.ndarray, box: Box, kind: str, cell: int, phase: tuple[int, int],
+              strength: float, edge_taper: int = 0) -> Box:
+    """Modulate the brightness of ``box`` by ``1 +/- strength`` along a ``kind`` texture of
+    ``cell`` px (over whatever is drawn there); faded at the border like ``draw_pattern``."""
+    x1, y1, x2, y2 = box
+    mask = pattern_mask(kind, y2 - y1, x2 - x1, cell, phase)[..., None]
+    amp = strength * taper(y2 - y1, x2 - x1, edge_taper)[..., None]
+    region = canvas[y1:y2, x1:x2].astype(float)
+    canvas[y1:y2, x1:x2] = np.clip(np.rint(region * np.where(mask, 1 + amp, 1 - amp)), 0, 255).astype(np.uint8)
+    return box
+
+
 def _draw_on(canvas: np.ndarray, box: Box, paint) -> Box:
     """Run ``paint(ImageDraw, w, h)`` on the region ``box``; return the box of changed pixels."""
     x1, y1, x2, y2 = box

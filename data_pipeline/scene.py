@@ -8,6 +8,11 @@ Design (why a tiny VLM learns it in minutes; measurements in data_pipeline/READM
     checker), anchored to the image origin so that each 14-px ViT patch sees one fixed template.
   - Small tier: 1-px cells (period 2), which the 0.5 low-res view averages to a flat tint
     (``needs_high_res = True``); large tier: the same textures with 7-px cells, readable at low res.
+  - Medium tier: the small tier's 1-px texture under a faint 2-px "echo" that survives the 0.5
+    view; the echo shows the answer's class with probability ``medium_echo_truth`` and another
+    class otherwise (``needs_high_res`` = the echo is wrong). The low-res view reads it right only
+    sometimes and looks the same either way, so whether a crop pays is a bet that GRPO's reward,
+    not the judge's per-sample labels, settles.
   - Other panels hold a detail of another family or nothing (``distractors``), so no two panels
     answer the same question. Opt-in families: colour or shape of a large mark, a count of large
     dots, digits (the OCR-like tier).
@@ -22,7 +27,7 @@ from PIL import Image
 
 from awares_rl.crops import crop_box
 from data_pipeline import render
-from data_pipeline.config import SMALL_TIER_FAMILIES, SynthConfig
+from data_pipeline.config import MEDIUM_TIER_FAMILIES, SMALL_TIER_FAMILIES, SynthConfig
 from data_pipeline.render import MARK_COLOURS, PALETTE, PATTERNS, SHAPES, Box
 from data_pipeline.sample import Sample
 
@@ -41,8 +46,8 @@ ANSWER_SPACE = {
     "digit": tuple(str(i) for i in range(10)),
 }
 # The grounding question, answered by the crop id (quadrant 0..3) that holds the named panel: the
-# very token a GET_CROPS call names. Opt-in pretraining turns (``pretrain.locate_per_image``) and a
-# pretrain eval figure (``locate_low``) use it.
+# very token a GET_CROPS call names. Pretraining turns (``pretrain.locate_per_image``), the probes
+# and eval mode "grounding" use it.
 LOCATE_QUESTION = "Which crop shows the {colour} panel?"
 _MARGIN = 6  # px between a detail and its panel's border
 
@@ -57,13 +62,34 @@ def sample_id(split: str, index: int) -> str:
     return f"{split}-{index:06d}"
 
 
-def draw_kind(rng: np.random.Generator, cfg: SynthConfig) -> tuple[str, bool]:
-    """(family, small) of the question: small with probability ``small_detail_share``."""
-    weights = cfg.family_weights()
-    small = bool(rng.random() < cfg.small_detail_share)
-    names = [f for f, w in weights.items() if w > 0 and (not small or f in SMALL_TIER_FAMILIES)]
+def draw_tier(rng: np.random.Generator, cfg: SynthConfig) -> str:
+    """"small" with probability ``small_detail_share``, "medium" with ``medium_detail_share``,
+    else "large"."""
+    u = rng.random()
+    if u < cfg.small_detail_share:
+        return "small"
+    return "medium" if u < cfg.small_detail_share + cfg.medium_detail_share else "large"
+
+
+def tier_families(tier: str) -> tuple[str, ...] | None:
+    """Families that have ``tier`` (None: all of them)."""
+    return {"small": SMALL_TIER_FAMILIES, "medium": MEDIUM_TIER_FAMILIES}.get(tier)
+
+
+def draw_kind(rng: np.random.Generator, cfg: SynthConfig) -> tuple[str, str]:
+    """(family, tier) of the question; the family is drawn among those that have the tier."""
+    weights, tier = cfg.family_weights(), draw_tier(rng, cfg)
+    allowed = tier_families(tier)
+    names = [f for f, w in weights.items() if w > 0 and (allowed is None or f in allowed)]
     p = np.array([weights[f] for f in names], float)
-    return str(rng.choice(names, p=p / p.sum())), small
+    return str(rng.choice(names, p=p / p.sum())), tier
+
+
+def distractor_tier(rng: np.random.Generator, family: str, cfg: SynthConfig) -> str:
+    """The tier of a distractor panel's detail: drawn as the question's, if its family has it."""
+    tier = draw_tier(rng, cfg)
+    allowed = tier_families(tier)
+    return tier if allowed is None or family in allowed else "large"
 
 
 def image_size(rng: np.random.Generator, cfg: SynthConfig) -> tuple[int, int]:
@@ -93,9 +119,12 @@ def _place(rng: np.random.Generator, panel: Box, w: int, h: int) -> Box:
     return (x, y, x + w, y + h)
 
 
-def fill_pattern(canvas, rng, panel, colour, small, cfg) -> tuple[str, list[Box]]:
-    """A texture swatch filling the panel but for a plain rim; 1-px cells when ``small``."""
+def fill_pattern(canvas, rng, panel, colour, tier, cfg) -> tuple[str, list[Box], bool]:
+    """A texture swatch filling the panel but for a plain rim; 1-px cells when small or medium
+    (medium: under an echo). Returns (answer, evidence boxes, whether the low-res view shows the
+    answer)."""
     kind = str(rng.choice(PATTERNS))
+    small = tier != "large"
     cell = 1 if small else cfg.large_cell
     x1, y1, x2, y2 = panel
     inset = [int(rng.integers(cfg.swatch_inset_min, cfg.swatch_inset_max + 1)) for _ in range(4)]
@@ -105,7 +134,13 @@ def fill_pattern(canvas, rng, panel, colour, small, cfg) -> tuple[str, list[Box]
     # texture is one fixed template per class that a patch embedding learns linearly.
     phase = (box[1], box[0])
     taper = cfg.edge_taper if small else 0
-    return kind, [render.draw_pattern(canvas, box, kind, colour, cell, phase, taper)]
+    render.draw_pattern(canvas, box, kind, colour, cell, phase, taper)
+    if tier != "medium":
+        return kind, [box], tier == "large"
+    others = [p for p in PATTERNS if p != kind]
+    echo = kind if rng.random() < cfg.medium_echo_truth else str(rng.choice(others))
+    render.draw_echo(canvas, box, echo, cfg.medium_echo_cell, phase, cfg.medium_echo_strength, taper)
+    return kind, [box], echo == kind
 
 
 def _even(box: Box) -> Box:
@@ -121,19 +156,19 @@ def _mark_box(rng: np.random.Generator, panel: Box, cfg: SynthConfig) -> Box:
     return _place(rng, panel, side, side)
 
 
-def fill_colour(canvas, rng, panel, colour, small, cfg) -> tuple[str, list[Box]]:
+def fill_colour(canvas, rng, panel, colour, tier, cfg) -> tuple[str, list[Box], bool]:
     """A large mark of a random shape whose colour (from ``MARK_COLOURS``) is the answer."""
     name, kind = str(rng.choice(list(MARK_COLOURS))), str(rng.choice(SHAPES))
-    return name, [render.draw_shape(canvas, _mark_box(rng, panel, cfg), kind, MARK_COLOURS[name])]
+    return name, [render.draw_shape(canvas, _mark_box(rng, panel, cfg), kind, MARK_COLOURS[name])], True
 
 
-def fill_shape(canvas, rng, panel, colour, small, cfg) -> tuple[str, list[Box]]:
+def fill_shape(canvas, rng, panel, colour, tier, cfg) -> tuple[str, list[Box], bool]:
     """A large INK mark whose shape is the answer."""
     kind = str(rng.choice(SHAPES))
-    return kind, [render.draw_shape(canvas, _mark_box(rng, panel, cfg), kind)]
+    return kind, [render.draw_shape(canvas, _mark_box(rng, panel, cfg), kind)], True
 
 
-def fill_count(canvas, rng, panel, colour, small, cfg) -> tuple[str, list[Box]]:
+def fill_count(canvas, rng, panel, colour, tier, cfg) -> tuple[str, list[Box], bool]:
     n = int(rng.integers(1, cfg.max_count + 1))
     cell = cfg.dot_size + 6
     x1, y1, x2, y2 = panel
@@ -144,15 +179,15 @@ def fill_count(canvas, rng, panel, colour, small, cfg) -> tuple[str, list[Box]]:
         x = x1 + _MARGIN + (c % cols) * cell + int(rng.integers(0, 7))
         y = y1 + _MARGIN + (c // cols) * cell + int(rng.integers(0, 7))
         boxes.append(render.draw_dot(canvas, (x, y, x + cfg.dot_size, y + cfg.dot_size)))
-    return str(n), boxes
+    return str(n), boxes, True
 
 
-def fill_digit(canvas, rng, panel, colour, small, cfg) -> tuple[str, list[Box]]:
+def fill_digit(canvas, rng, panel, colour, tier, cfg) -> tuple[str, list[Box], bool]:
     text = str(int(rng.integers(0, 10)))
-    px = cfg.digit_small_px if small else cfg.digit_large_px
+    px = cfg.digit_small_px if tier == "small" else cfg.digit_large_px
     w, h = render.digit_size(text, px)
     x1, y1, _, _ = _place(rng, panel, w + 2, h + 2)
-    return text, [render.draw_digit(canvas, (x1, y1), text, px)]
+    return text, [render.draw_digit(canvas, (x1, y1), text, px)], tier != "small"
 
 
 FILLERS = {
@@ -191,7 +226,7 @@ def make_scene(seed: int, split: str, index: int, cfg: SynthConfig) -> tuple[Sam
     """
     rng = np.random.default_rng(sample_seed(seed, split, index))
     width, height = image_size(rng, cfg)
-    family, small = draw_kind(rng, cfg)
+    family, tier_asked = draw_kind(rng, cfg)
     colours = [str(c) for c in rng.choice(list(PALETTE), size=4, replace=False)]
     drawn = sorted(int(q) for q in rng.choice(4, size=cfg.panels, replace=False))
     target = int(rng.integers(0, cfg.panels))  # index into ``drawn``
@@ -200,21 +235,19 @@ def make_scene(seed: int, split: str, index: int, cfg: SynthConfig) -> tuple[Sam
     boxes_by_quadrant = panel_boxes(rng, width, height, cfg)
     families = distractor_families(rng, family, cfg.panels - 1, cfg)
     families.insert(target, family)
-    panels, hit_index = [], 0
+    panels, hit_index, low_res_ok = [], 0, True
     for k, q in enumerate(drawn):
         x1, y1, x2, y2 = panel = boxes_by_quadrant[q]
         canvas[y1:y2, x1:x2] = PALETTE[colours[q]]
         fam = families[k]
         if fam is None:
             continue
-        tier = small if k == target else bool(
-            fam in SMALL_TIER_FAMILIES and rng.random() < cfg.small_detail_share
-        )
-        value, boxes = FILLERS[fam](canvas, rng, panel, PALETTE[colours[q]], tier, cfg)
-        if k == target:
-            hit_index = len(panels)  # index into ``panels`` (plain panels are not listed)
+        tier = tier_asked if k == target else distractor_tier(rng, fam, cfg)
+        value, boxes, readable = FILLERS[fam](canvas, rng, panel, PALETTE[colours[q]], tier, cfg)
+        if k == target:  # index into ``panels`` (plain panels are not listed)
+            hit_index, low_res_ok = len(panels), readable
         panels.append({"colour": colours[q], "family": fam, "answer": value, "quadrant": q,
-                       "tier": "small" if tier else "large", "boxes": [list(b) for b in boxes],
+                       "tier": tier, "boxes": [list(b) for b in boxes],
                        "panel_box": list(panel)})
     sid, hit = sample_id(split, index), panels[hit_index]
     sample = Sample(
@@ -224,7 +257,7 @@ def make_scene(seed: int, split: str, index: int, cfg: SynthConfig) -> tuple[Sam
         answers=(hit["answer"],),
         evidence_boxes=tuple(tuple(b) for b in hit["boxes"]),
         metric="exact",
-        needs_high_res=small,
+        needs_high_res=not low_res_ok,
         meta={"family": family, "tier": hit["tier"], "panel": hit_index, "width": width,
               "height": height, "panels": panels,
               "layout": [{"colour": colours[q], "quadrant": q} for q in drawn]},
@@ -249,8 +282,12 @@ def locate_question(panel: dict) -> tuple[str, str]:
 
 
 def locate_questions(sample: Sample) -> list[tuple[str, str]]:
-    """Grounding pairs, one per drawn panel (plain ones included)."""
-    return [locate_question(p) for p in sample.meta.get("layout", [])]
+    """Grounding pairs, one per panel that holds a detail (``meta["panels"]``; plain ones are
+    not asked about). With the default distractors only the asked panel holds one, so "where is
+    it" is "where is the panel with something in it": what a crop call must name. Asking about
+    plain panels too (binding a colour word to one of four regions) stayed at chance (25%) for
+    400 steps in tiny models (README)."""
+    return [locate_question(p) for p in sample.meta.get("panels", [])]
 
 
 def vocab_texts(cfg: SynthConfig) -> list[str]:

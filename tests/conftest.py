@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny Qwen2.5-VL built in-process, and one taught to use the crop tool."""
+"""Shared fixtures: a tiny VLM (the default family, Qwen3-VL) built in-process, and one taught to
+use the crop tool."""
 
 from __future__ import annotations
 
@@ -66,7 +67,7 @@ def _conversation(processor, image, question, turn1, crops=None, turn2=None):
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
-    """An untrained tiny Qwen2.5-VL saved to disk."""
+    """An untrained tiny model (the default family) saved to disk."""
     model, processor = build_tiny(TinyModelConfig(seed=0), [TOOL_Q, DIRECT_Q, "blue", "red"])
     out = tmp_path_factory.mktemp("tiny")
     model.save_pretrained(out)
@@ -74,11 +75,10 @@ def tiny_dir(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def tool_model_dir(tmp_path_factory) -> Path:
-    """A tiny model overfit (a few seconds) to: TOOL_Q -> GET_CROPS: ['0','4'] -> "red";
-    DIRECT_Q -> "blue". Real weights, so engines can be compared on real 2-turn episodes."""
-    model, processor = build_tiny(TinyModelConfig(seed=1), [TOOL_Q, DIRECT_Q, "blue", "red"])
+def train_tool_model(out: Path, family: str = "qwen3_vl") -> Path:
+    """A tiny model of ``family`` overfit (a few seconds) to: TOOL_Q -> GET_CROPS: ['0','4'] ->
+    "red"; DIRECT_Q -> "blue". Real weights, so engines can be compared on real 2-turn episodes."""
+    model, processor = build_tiny(TinyModelConfig(seed=1, family=family), [TOOL_Q, DIRECT_Q, "blue", "red"])
     model.train()
     batches = [
         _conversation(processor, im, q, "GET_CROPS: ['0','4']", [0, 4], "red") if q == TOOL_Q
@@ -92,10 +92,15 @@ def tool_model_dir(tmp_path_factory) -> Path:
         opt.step()
         opt.zero_grad()
     model.eval()
-    out = tmp_path_factory.mktemp("tool_model")
     model.save_pretrained(out)
     processor.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tool_model_dir(tmp_path_factory) -> Path:
+    """The tool model of the default tiny family (Qwen3-VL)."""
+    return train_tool_model(tmp_path_factory.mktemp("tool_model"))
 
 
 @pytest.fixture

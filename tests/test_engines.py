@@ -76,10 +76,11 @@ def test_episode_record_layout(hf_engine):
     eps = _run(hf_engine, hf_engine.processor.tokenizer, group_size=1)
     tool, direct = eps[0], eps[1]
     tok = hf_engine.processor.tokenizer
-    # 448x448: low-res view 224x224 -> 8x8 = 64 visual tokens; each 224x224 crop -> 64 more
-    assert tool.visual_tokens == 64 * 3 and tool.rtr == pytest.approx(1.0)  # 2 quadrants: 0.5 + 0.5
-    # 448x504: low-res 224x252 -> 8x9 = 72 visual tokens
-    assert direct.visual_tokens == 72 and direct.rtr == pytest.approx(0.25)
+    # the tiny default is Qwen3-VL: one visual token per 32 px square
+    # 448x448: low-res view 224x224 -> 7x7 = 49 visual tokens; each 224x224 crop -> 49 more
+    assert tool.visual_tokens == 49 * 3 and tool.rtr == pytest.approx(1.0)  # 2 quadrants: 0.5 + 0.5
+    # 448x504: low-res 224x252 -> resized to 224x256 -> 7x8 = 56 visual tokens
+    assert direct.visual_tokens == 56 and direct.rtr == pytest.approx(0.25)
     assert tool.num_turns == 2 and len(tool.images) == 3
     generated = [t for t, m in zip(tool.token_ids, tool.action_mask) if m]
     assert tok.decode(generated) == "GET_CROPS: ['0','4']<|im_end|>red<|im_end|>"

@@ -101,7 +101,7 @@ def test_fast_vision_matches_the_stock_path(tiny):
 
 
 def test_training_stream_mixes_views_and_panels():
-    cfg = PretrainConfig(locate_per_image=2, synth=SynthConfig(max_side=560))
+    cfg = PretrainConfig(locate_per_image=2, synth=SynthConfig(max_side=576))
     stream = training_stream(cfg)
     convs = [next(stream) for _ in range(60)]
     widths = {c.images[0].width for c in convs}

@@ -73,13 +73,17 @@ def stage_grpo(cfg: RecipeConfig, sft_dir: Path) -> Path:
 
 
 def final_table(cfg: RecipeConfig, base: Path, sft: Path, grpo: Path) -> dict[str, dict]:
-    """Rows low_res, full_res (base model), sft, grpo (policy) on the test split."""
+    """Rows low_res, full_res (base model), sft, grpo (policy) on the test split; on synthetic
+    data the base row also gets ``grounding``: the crop id of the asked panel, at low res, on val."""
     from awares_rl.evaluate import evaluate
 
     data = ensure_data(cfg, cfg.eval.split)
     rows: dict[str, dict] = {}
     base_eval = evaluate(replace(cfg, eval=replace(cfg.eval, modes=["low", "full"])), base, data)
     rows["low_res"], rows["full_res"] = base_eval["summary"]["low"], base_eval["summary"]["full"]
+    if cfg.data.dir is None:
+        probe = evaluate(replace(cfg, eval=replace(cfg.eval, modes=["grounding"])), base, ensure_data(cfg, "val"))
+        rows["low_res"]["grounding"] = probe["summary"]["grounding"]["accuracy"]
     for name, model in (("sft", sft), ("grpo", grpo)):
         labels = cfg.run.dir / "trajectories" / f"{cfg.eval.split}.jsonl"
         report = evaluate(replace(cfg, eval=replace(cfg.eval, modes=["policy"])), model, data,
@@ -88,14 +92,28 @@ def final_table(cfg: RecipeConfig, base: Path, sft: Path, grpo: Path) -> dict[st
     return rows
 
 
+def log_results(cfg: RecipeConfig, rows: dict[str, dict]) -> None:
+    """The final table where people look: PNGs in the run directory (accuracy vs RTR, learning
+    curves) and a W&B run ``<name>-eval`` with the rows, the scatter plot and the PNGs."""
+    from awares_rl.plots import accuracy_vs_rtr, learning_curves
+    from awares_rl.tracking import stage_tracker
+
+    scatter = accuracy_vs_rtr(rows, cfg.run.dir / "accuracy_vs_rtr.png", f"{cfg.run.name} ({cfg.eval.split} split)")
+    curves = learning_curves(cfg.run.dir, cfg.run.dir / "learning_curves.png")
+    with stage_tracker(cfg, "eval", cfg.run.dir / "eval") as tracker:
+        tracker.log_results(rows, images={"accuracy_vs_rtr_png": scatter, "learning_curves_png": curves})
+
+
 def results_table(rows: dict[str, dict]) -> Table:
     table = Table(title="AwaRes on the embedded default (test split)")
-    for col in ("model", "accuracy %", "RTR", "visual tokens", "crop rate %", "tool-call validity %"):
-        table.add_column(col)
+    cols = (("accuracy %", "accuracy", ".1f"), ("RTR", "rtr", ".3f"), ("visual tokens", "visual_tokens", ".1f"),
+            ("crop rate %", "crop_rate", ".1f"), ("valid calls %", "tool_call_validity", ".1f"),
+            ("crop Jaccard", "crop_jaccard", ".3f"), ("grounding %", "grounding", ".1f"))
+    table.add_column("model")
+    for col, _, _ in cols:
+        table.add_column(col, justify="right")
     for name, r in rows.items():
-        valid = r.get("tool_call_validity")
-        table.add_row(name, f"{r['accuracy']:.1f}", f"{r['rtr']:.3f}", f"{r['visual_tokens']:.1f}",
-                      f"{r.get('crop_rate', 0.0):.1f}", "-" if valid is None else f"{valid:.1f}")
+        table.add_row(name, *("-" if r.get(k) is None else format(r[k], spec) for _, k, spec in cols))
     return table
 
 
@@ -117,6 +135,7 @@ def run_pipeline(recipe: str, overrides: list[str]) -> dict:
     times["eval_s"] = time.perf_counter() - t0 - sum(times.values())
     results = {**rows, "stage_seconds": times, "total_seconds": time.perf_counter() - t0}
     (cfg.run.dir / "results.json").write_text(json.dumps(results, indent=1))
+    log_results(cfg, rows)
     Console().print(results_table(rows))
     print(f"results written to {cfg.run.dir / 'results.json'} ({results['total_seconds'] / 60:.1f} min)")
     return results

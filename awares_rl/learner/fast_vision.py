@@ -1,4 +1,4 @@
-"""CPU speed-ups for the Qwen2.5-VL vision tower during training (same math, fewer kernel calls).
+"""CPU speed-ups for the Qwen2.5-VL / Qwen3-VL vision tower during training (same math, fewer kernel calls).
 
 transformers runs the vision tower's window attention as one SDPA call per window (hundreds per
 batch) unless flash-attention is installed, and its patch embedding as a Conv3d whose kernel
@@ -48,8 +48,8 @@ AttentionInterface.register(ATTN_NAME, batched_varlen_attention)
 
 
 def _linear_patch_embed(self, hidden_states: torch.Tensor) -> torch.Tensor:
-    weight = self.proj.weight
-    return F.linear(hidden_states.to(weight.dtype), weight.reshape(weight.shape[0], -1))
+    weight = self.proj.weight  # Qwen3-VL's patch conv has a bias, Qwen2.5-VL's none
+    return F.linear(hidden_states.to(weight.dtype), weight.reshape(weight.shape[0], -1), self.proj.bias)
 
 
 @contextlib.contextmanager

@@ -6,6 +6,10 @@ from pathlib import Path
 
 import torch
 
+from awares_rl.models.family import ModelFamily, family_of, get_family
+
+__all__ = ["ModelFamily", "family_of", "get_family", "load_policy", "load_processor"]
+
 
 def load_processor(path: str | Path):
     """AutoProcessor from a local directory (no hub access)."""
@@ -15,7 +19,7 @@ def load_processor(path: str | Path):
 
 
 def load_policy(path: str | Path, dtype: str = "float32", attn_implementation: str = "sdpa"):
-    """A Qwen2.5-VL (or any image-text-to-text) model from a local directory.
+    """A model of any registered family (Qwen2.5-VL, Qwen3-VL) from a local directory.
 
     ``attn_implementation="flash_attention_2"`` needs the [gpu] extra and a CUDA device.
     """

