@@ -5,10 +5,17 @@ for an exact resume.
     <dir>/tokenizer*, preprocessor_config.json, chat_template*      (the processor)
     <dir>/trainer_state/state.json        step, policy version, data position, extra; written
                                           LAST, so its presence marks a complete checkpoint
-    <dir>/trainer_state/rng_rank<r>.pt    python / numpy / torch RNG of each worker
-    <dir>/trainer_state/optim.pt          torch backend: optimizer + LR scheduler
+    <dir>/trainer_state/scheduler.json    the LR scheduler's state_dict
+    <dir>/trainer_state/rng_rank<r>.safetensors  each worker's RNG: torch (+ cuda.<i>) tensors;
+                                          python and numpy states as JSON in the header
+    <dir>/trainer_state/optimizer.safetensors    torch backend: AdamW tensors state.<param>.<name>;
+                                          param_groups and non-tensor state as JSON in the header
     <dir>/trainer_state/deepspeed/        DeepSpeed backend: engine.save_checkpoint (ZeRO
-                                          partitions, fp32 master weights) + scheduler.pt
+                                          partitions, fp32 master weights), read weights_only
+
+Resume starts by itself, so nothing in a run directory is unpickled: our own state is safetensors
++ JSON, and DeepSpeed's files go through ``torch.load(weights_only=True)`` (``backends.py``).
+A file that does not parse, or a ``*.pt`` pickle of the old format, raises CheckpointFormatError.
 
 Checkpoints of a stage live in ``<run dir>/checkpoints/<stage>/step_<N>``; the final model of a
 stage goes to ``RunPaths.model(stage)``. Writers on several nodes need a shared filesystem.
@@ -19,6 +26,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +36,11 @@ import torch
 
 STATE_DIR = "trainer_state"
 STATE_FILE = "state.json"
+SAFE_FORMAT_HELP = "delete the checkpoint (or the run directory) to start fresh"
+
+
+class CheckpointFormatError(ValueError):
+    """A trainer_state file resume refuses: not valid safetensors/JSON, or a pickle."""
 
 
 @dataclass
@@ -69,24 +82,110 @@ def read_state(ckpt: str | Path) -> TrainerState:
     return TrainerState(**json.loads(path.read_text()))
 
 
+def refuse_legacy_state(ckpt: str | Path) -> None:
+    """Raise CheckpointFormatError if ``trainer_state/`` holds ``*.pt`` pickles (the old format)."""
+    legacy = sorted(state_dir(ckpt).glob("*.pt"))
+    if legacy:
+        raise CheckpointFormatError(
+            f"{legacy[0]}: this checkpoint predates the safe trainer_state format (safetensors + "
+            f"JSON) and holds pickles, which resume never loads; {SAFE_FORMAT_HELP}")
+
+
+def save_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], data: Any) -> None:
+    """``tensors`` (CPU copies) to a safetensors file, ``data`` as JSON in its header metadata."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path),
+              metadata={"json": json.dumps(data)})
+
+
+def load_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], Any]:
+    """(tensors, data) that ``save_safetensors`` wrote; CheckpointFormatError if it does not parse."""
+    from safetensors import safe_open
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path} is missing: the checkpoint is incomplete")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, json.loads(f.metadata()["json"])
+    except Exception as e:  # safetensors raises its own error types; nothing here runs code
+        raise CheckpointFormatError(f"{path} is not a safetensors file with a JSON header ({e}); "
+                                    f"{SAFE_FORMAT_HELP}") from e
+
+
+def read_json(path: str | Path, keys: Collection[str] | None = None) -> Any:
+    """A JSON file of a checkpoint; with ``keys``, a dict that must have exactly those keys."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path} is missing: the checkpoint is incomplete")
+    try:
+        data = json.loads(Path(path).read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointFormatError(f"{path} is not JSON ({e}); {SAFE_FORMAT_HELP}") from e
+    if keys is not None and (not isinstance(data, dict) or set(data) != set(keys)):
+        raise CheckpointFormatError(f"{path}: expected a JSON object with keys {sorted(keys)}; {SAFE_FORMAT_HELP}")
+    return data
+
+
+def rng_file(ckpt: str | Path, rank: int) -> Path:
+    return state_dir(ckpt) / f"rng_rank{rank}.safetensors"
+
+
 def save_rng(ckpt: str | Path, rank: int) -> None:
-    """The calling process's python, numpy and torch RNG states."""
-    d = state_dir(ckpt)
-    d.mkdir(parents=True, exist_ok=True)
-    torch.save({"python": random.getstate(), "numpy": np.random.get_state(),
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-               d / f"rng_rank{rank}.pt")
+    """The calling process's python, numpy and torch (and CUDA) RNG states."""
+    state_dir(ckpt).mkdir(parents=True, exist_ok=True)
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        tensors |= {f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
+    numpy_state = np.random.get_state(legacy=False)  # {"bit_generator", "state": {"key", "pos"}, ...}
+    numpy_state["state"]["key"] = numpy_state["state"]["key"].tolist()
+    save_safetensors(rng_file(ckpt, rank), tensors, {"python": random.getstate(), "numpy": numpy_state})
 
 
 def load_rng(ckpt: str | Path, rank: int) -> None:
     """Restore the RNG states ``save_rng`` wrote for ``rank``."""
-    rng = torch.load(state_dir(ckpt) / f"rng_rank{rank}.pt", weights_only=False)
-    random.setstate(rng["python"])
-    np.random.set_state(rng["numpy"])
-    torch.set_rng_state(rng["torch"])
-    if rng["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
+    path = rng_file(ckpt, rank)
+    tensors, data = load_safetensors(path)
+    try:
+        version, internal, gauss = data["python"]  # random.getstate(): (3, 625 ints, None)
+        random.setstate((version, tuple(internal), gauss))
+        np.random.set_state(data["numpy"])
+        torch.set_rng_state(tensors["torch"])
+        cuda = [tensors[f"cuda.{i}"] for i in range(sum(k.startswith("cuda.") for k in tensors))]
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointFormatError(f"{path}: not an RNG state ({e!r}); {SAFE_FORMAT_HELP}") from e
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def save_optimizer(path: str | Path, optimizer: torch.optim.Optimizer) -> None:
+    """A torch optimizer's state_dict: tensors as ``state.<param index>.<name>``, the rest JSON."""
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for idx, param_state in sd["state"].items():
+        for name, value in param_state.items():
+            if torch.is_tensor(value):
+                tensors[f"state.{idx}.{name}"] = value
+            else:
+                scalars.setdefault(str(idx), {})[name] = value
+    save_safetensors(path, tensors, {"param_groups": sd["param_groups"], "state": scalars})
+
+
+def load_optimizer(path: str | Path, optimizer: torch.optim.Optimizer) -> None:
+    """Restore what ``save_optimizer`` wrote into ``optimizer`` (built over the same parameters)."""
+    tensors, data = load_safetensors(path)
+    try:
+        state: dict[int, dict[str, Any]] = {int(i): dict(v) for i, v in data["state"].items()}
+        for key, tensor in tensors.items():
+            prefix, idx, name = key.split(".", 2)
+            if prefix != "state":
+                raise ValueError(f"unexpected tensor {key!r}")
+            state.setdefault(int(idx), {})[name] = tensor
+        # JSON turned tuples (AdamW's betas) into lists: the live optimizer's groups say which
+        groups = [{k: tuple(v) if isinstance(live.get(k), tuple) else v for k, v in group.items()}
+                  for group, live in zip(data["param_groups"], optimizer.param_groups)]
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise CheckpointFormatError(f"{path}: not this optimizer's state ({e!r}); {SAFE_FORMAT_HELP}") from e
 
 
 def save_model_dir(ckpt: str | Path, model, processor, state_dict: dict | None = None) -> None:

@@ -45,7 +45,7 @@ class Episode:
     visual_tokens: int = 0  # image tokens in ``token_ids`` (the processor's exact count)
     rtr: float = 0.0  # the paper's retained token ratio
     final_answer: str | None = None  # None when the episode ended without an answer
-    invalid_tool_call: str | None = None  # ToolCallError.reason when turn 1 was a malformed call
+    invalid_tool_call: str | None = None  # ToolCallError.reason: a malformed call, or a second one
     truncated: bool = False  # a turn hit the token limit
     error: str | None = None  # the sample could not be run (e.g. unreadable image); no tokens
     policy_version: int = 0

@@ -8,10 +8,15 @@ format). Anything else is an answer. Parsing is strict, and each malformed case 
 | no ``GET_CROPS`` anywhere                | ``None`` (a direct answer)                |
 | ``GET_CROPS: ['3']`` / ``["3", "0"]`` / ``[3, 0]`` | ``[3]`` / ``[3, 0]`` (order kept)  |
 | ``GET_CROPS: []``                        | ToolCallError("empty")                     |
-| id outside 0..8, ``'all'``, ``'x'``      | ToolCallError("out-of-range" / "bad-item") |
+| id of 1-2 ASCII digits outside 0..8      | ToolCallError("out-of-range")              |
+| ``'all'``, ``'x'``, ``'-1'``, ``'003'``, ``'³'``, ``'٣'``, ``'３'`` | ToolCallError("bad-item") |
+| more than 9 ids                          | ToolCallError("too-many")                  |
 | the same id twice                        | ToolCallError("duplicate")                 |
 | text before/after the call               | ToolCallError("junk")                      |
 | ``GET_CROPS: ['3'`` (cut off)            | ToolCallError("partial")                   |
+
+An episode has at most one call: the turn after the crops is the answer, and ``parse_answer``
+turns any ``GET_CROPS`` in it (a second call, well-formed or not) into ToolCallError("second-call").
 """
 
 from __future__ import annotations
@@ -33,11 +38,12 @@ CROPS_INTRO = "Here are the requested crops at full resolution: {names}. Now ans
 
 _CALL = re.compile(r"GET_CROPS\s*:\s*\[(?P<items>[^\[\]]*)\]")
 _ITEM = re.compile(r"""^(?:'(?P<sq>[^']*)'|"(?P<dq>[^"]*)"|(?P<bare>[^'"\s]+))$""")
+_CROP_ID = re.compile(r"[0-9]{1,2}")  # ASCII only: str.isdigit() and \d also take '³', '٣', '３'
 
 
 class ToolCallError(ValueError):
-    """A malformed GET_CROPS call; ``reason`` is one of: empty, bad-item, out-of-range, duplicate,
-    junk, partial."""
+    """A malformed GET_CROPS call; ``reason`` is one of: empty, bad-item, out-of-range, too-many,
+    duplicate, junk, partial, second-call."""
 
     def __init__(self, reason: str, text: str, detail: str = "") -> None:
         self.reason, self.text = reason, text
@@ -55,9 +61,9 @@ def format_tool_call(crop_ids: Sequence[int]) -> str:
 def _parse_item(item: str, text: str) -> int:
     m = _ITEM.match(item.strip())
     value = m and (m["sq"] if m["sq"] is not None else m["dq"] if m["dq"] is not None else m["bare"])
-    if not value or not value.strip().isdigit():
+    if not value or not _CROP_ID.fullmatch(value.strip()):
         raise ToolCallError("bad-item", text, f"{item.strip()!r} is not a crop id 0..8")
-    crop = int(value)
+    crop = int(value.strip())
     if not 0 <= crop < NUM_CROPS:
         raise ToolCallError("out-of-range", text, f"crop id {crop} is not in 0..8")
     return crop
@@ -76,10 +82,20 @@ def parse_tool_call(text: str) -> list[int] | None:
     items = m["items"].strip()
     if not items:
         raise ToolCallError("empty", text)
+    if items.count(",") >= NUM_CROPS:
+        raise ToolCallError("too-many", text, f"more than {NUM_CROPS} crop ids")
     crops = [_parse_item(it, text) for it in items.split(",")]
     if len(set(crops)) != len(crops):
         raise ToolCallError("duplicate", text, f"crop ids {crops} repeat")
     return crops
+
+
+def parse_answer(text: str) -> str:
+    """The answer turn after the crops, as is; raises ToolCallError("second-call") if it calls
+    the tool again (any ``GET_CROPS``, well-formed or not: one call per episode)."""
+    if TOOL_NAME in text:
+        raise ToolCallError("second-call", text, "the turn after the crops must answer")
+    return text
 
 
 def first_turn_messages(question: str, system_prompt: str = SYSTEM_PROMPT) -> list[dict]:

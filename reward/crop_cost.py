@@ -30,7 +30,8 @@ def crop_cost(
 
 
 def format_reward(invalid_tool_call: str | None, format_penalty: float = -0.5) -> float:
-    """``format_penalty`` (<= 0) when turn 1 was a malformed GET_CROPS call, else 0."""
+    """``format_penalty`` (<= 0) when turn 1 was a malformed GET_CROPS call or turn 2 called
+    again, else 0."""
     return format_penalty if invalid_tool_call is not None else 0.0
 
 

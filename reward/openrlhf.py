@@ -8,7 +8,8 @@ OpenRLHF (``openrlhf/utils/agent.py``, 0.11) POSTs ``{"query": [...], "prompts":
 expects) and ``extra_logs`` carries the reward parts.
 
 The response turns are the assistant turns after the prompt (Qwen chat markup): turn 1 is either
-an answer or a GET_CROPS call; after a call, the last assistant turn is the final answer.
+an answer or a GET_CROPS call; after a call, the last assistant turn is the final answer, and a
+GET_CROPS after the first call makes the response invalid ("second-call", like a malformed call).
 A label is a plain answer string, a JSON list of answers, or a JSON object
 ``{"answers": [...], "metric": "anls", "needs_high_res": true}`` (a dict when sent as JSON).
 """
@@ -20,7 +21,7 @@ import re
 from collections.abc import Sequence
 
 from awares_rl.episode import RewardParts
-from awares_rl.protocol import ToolCallError, parse_tool_call
+from awares_rl.protocol import ToolCallError, parse_answer, parse_tool_call
 from reward.scoring import RewardRequest
 
 ASSISTANT = "<|im_start|>assistant"
@@ -59,7 +60,11 @@ def parse_response(turns: Sequence[str]) -> tuple[str | None, list[int], str | N
         return None, [], e.reason
     if crops is None:
         return turns[0], [], None
-    return (turns[-1] if len(turns) > 1 else None), crops, None
+    try:
+        answers = [parse_answer(turn) for turn in turns[1:]]
+    except ToolCallError as e:
+        return None, crops, e.reason
+    return (answers[-1] if answers else None), crops, None
 
 
 def parse_label(label: object, where: str = "label") -> tuple[list[str], str | None, bool | None]:

@@ -11,7 +11,9 @@ from safetensors.torch import load_file
 
 from awares_rl.config import ModelConfig, RolloutConfig
 from awares_rl.crops import low_res_view
+from awares_rl.models import load_processor
 from awares_rl.rollout import EpisodeRunner, GenRequest, SamplingConfig, make_engine
+from awares_rl.rollout.engine import GenOutput
 from awares_rl.rollout.hf_engine import HFEngine
 from awares_rl.tokens import first_turn_ids
 from tests.conftest import TOOL_Q, episode_inputs, make_image
@@ -94,6 +96,44 @@ def test_truncated_turn_is_flagged(hf_engine):
     eps = _run(hf_engine, hf_engine.processor.tokenizer, 1, SamplingConfig(temperature=0, max_new_tokens=3))
     tool = eps[0]
     assert tool.truncated and tool.final_answer is None and tool.num_turns == 1
+
+
+class TwoTurnScript:
+    """A stand-in policy: ``turn1`` on the low-res view alone, ``turn2`` once crops are shown."""
+
+    version = 0
+
+    def __init__(self, tokenizer, turn1: str, turn2: str) -> None:
+        self.tokenizer, self.turns = tokenizer, (turn1, turn2)
+
+    def generate(self, requests, sampling):
+        eos = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
+        outs = []
+        for r in requests:
+            text = self.turns[len(r.images) > 1]
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"] + [eos]
+            outs.append(GenOutput(r.prompt_ids, ids, [-0.5] * len(ids), "stop"))
+        return outs
+
+
+@pytest.mark.parametrize("turn2, answer, invalid", [
+    ("red", "red", None),
+    ("GET_CROPS: ['4']", None, "second-call"),   # a second call is not an answer
+    ("GET_CROPS: ['\u00b3']", None, "second-call"),  # nor is a malformed one
+])
+def test_a_tool_call_in_turn_2_invalidates_the_episode(tiny_dir, turn2, answer, invalid):
+    from reward.config import RewardConfig
+    from reward.scoring import score_episodes
+
+    tokenizer = load_processor(tiny_dir).tokenizer
+    samples, images = samples_and_images()
+    engine = TwoTurnScript(tokenizer, "GET_CROPS: ['0']", turn2)
+    ep = EpisodeRunner(engine, tokenizer).run(samples[:1], 1, GREEDY, images=images[:1])[0]
+    assert (ep.turn_texts, ep.crop_ids) == (["GET_CROPS: ['0']", turn2], [0])
+    assert (ep.final_answer, ep.invalid_tool_call) == (answer, invalid)
+    cfg = RewardConfig(judge="exact_match")
+    parts = score_episodes([ep], cfg)[0]
+    assert (parts.answer, parts.format) == ((1.0, 0.0) if answer else (0.0, cfg.format_penalty))
 
 
 def test_sampling_is_seeded(hf_engine):

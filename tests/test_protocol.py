@@ -1,6 +1,12 @@
 import pytest
 
-from awares_rl.protocol import ToolCallError, crops_user_message, format_tool_call, parse_tool_call
+from awares_rl.protocol import (
+    ToolCallError,
+    crops_user_message,
+    format_tool_call,
+    parse_answer,
+    parse_tool_call,
+)
 
 
 def test_format_matches_paper():
@@ -21,6 +27,7 @@ def test_format_rejects(bad):
     ("  GET_CROPS: ['0','5']\n", [0, 5]),
     ('GET_CROPS: ["8", "2"]', [8, 2]),
     ("GET_CROPS:[1, 4]", [1, 4]),
+    ("GET_CROPS: ['04']", [4]),
     ("GET_CROPS: ['0', '1', '2', '3', '4', '5', '6', '7', '8']", list(range(9))),
 ])
 def test_parse_valid(text, expected):
@@ -35,6 +42,18 @@ def test_parse_valid(text, expected):
     ("GET_CROPS: ['all']", "bad-item"),
     ("GET_CROPS: ['x', '1']", "bad-item"),
     ("GET_CROPS: ['1',]", "bad-item"),
+    ("GET_CROPS: ['\u00b3']", "bad-item"),  # superscript three: str.isdigit() is True, int() raises
+    ("GET_CROPS: [\u00b2]", "bad-item"),
+    ("GET_CROPS: ['\u0663']", "bad-item"),  # Arabic-Indic three: int() would give 3
+    ("GET_CROPS: ['\uff13']", "bad-item"),  # full-width three
+    ("GET_CROPS: ['\u0967', '2']", "bad-item"),  # Devanagari one
+    ("GET_CROPS: ['003']", "bad-item"),  # at most 2 digits per id
+    ("GET_CROPS: ['" + "9" * 5000 + "']", "bad-item"),
+    ("GET_CROPS: ['3 4']", "bad-item"),
+    ("GET_CROPS: ['+3']", "bad-item"),
+    ("GET_CROPS: ['3.0']", "bad-item"),
+    ("GET_CROPS: ['0','1','2','3','4','5','6','7','8','0']", "too-many"),
+    ("GET_CROPS: [" + "1," * 10000 + "1]", "too-many"),
     ("GET_CROPS: ['3', '3']", "duplicate"),
     ("I need GET_CROPS: ['3']", "junk"),
     ("GET_CROPS: ['3'] then answer", "junk"),
@@ -45,6 +64,14 @@ def test_parse_invalid(text, reason):
     with pytest.raises(ToolCallError) as e:
         parse_tool_call(text)
     assert e.value.reason == reason and text in str(e.value)
+
+
+def test_answer_turn_must_not_call_again():
+    assert parse_answer("red") == "red"
+    for text in ("GET_CROPS: ['4']", "GET_CROPS: ['\u00b3']", "red, or GET_CROPS: ['1']"):
+        with pytest.raises(ToolCallError) as e:
+            parse_answer(text)
+        assert e.value.reason == "second-call" and text in str(e.value)
 
 
 def test_roundtrip():

@@ -48,6 +48,8 @@ def test_response_turns_and_parse():
     assert parse_response(response_turns(DIRECT_QUERY, PROMPT)) == ("blue", [], None)
     assert parse_response(response_turns(INVALID_QUERY, PROMPT)) == (None, [], "out-of-range")
     assert parse_response(response_turns(PROMPT + "GET_CROPS: ['1']", PROMPT)) == (None, [1], None)
+    second_call = EXPANDED + "GET_CROPS: ['0']" + CROPS_TURN + "GET_CROPS: ['4']<|im_end|>"
+    assert parse_response(response_turns(second_call, PROMPT)) == (None, [0], "second-call")
     assert response_turns("Q: what? A: 42", "Q: what? A:") == ["42"]  # no chat markup
     assert response_turns(TOOL_QUERY, None) == ["GET_CROPS: ['0','4']", "417"]
 

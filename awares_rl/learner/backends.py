@@ -3,7 +3,8 @@
 Both take a transformers model and a torch optimizer and expose the same five operations:
 ``forward_model`` (what to call for logits), ``backward(loss)``, ``step() -> grad norm`` (reduce
 gradients across data-parallel ranks, clip, update, zero), ``full_state_dict()`` (every
-parameter, gathered, on rank 0) and ``save/load`` of the optimizer state. The caller accumulates
+parameter, gathered, on rank 0) and ``save/load`` of the optimizer state (never unpickled:
+safetensors + JSON, or DeepSpeed's files through a weights_only ``torch.load``). The caller accumulates
 gradients over any number of micro-batches and calls ``step()`` once per optimizer step.
 """
 
@@ -11,12 +12,23 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
+import re
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+from awares_rl.checkpoint import (
+    SAFE_FORMAT_HELP,
+    CheckpointFormatError,
+    load_model_weights,
+    load_optimizer,
+    save_optimizer,
+)
+
 BUCKET_ELEMENTS = 1 << 25  # gradients all-reduced in flat buckets of at most this many elements
+OPTIMIZER_FILE = "optimizer.safetensors"  # torch backend, in trainer_state/
 
 
 def init_process_group(backend: str, world_size: int) -> None:
@@ -85,13 +97,36 @@ class TorchBackend:
 
     def save(self, state_dir: Path, rank: int) -> None:
         if rank == 0:  # the optimizer state is replicated
-            torch.save(self.optimizer.state_dict(), state_dir / "optimizer.pt")
+            save_optimizer(state_dir / OPTIMIZER_FILE, self.optimizer)
 
     def load(self, state_dir: Path) -> None:
-        from awares_rl.checkpoint import load_model_weights
-
         load_model_weights(self.module, state_dir.parent)  # DeepSpeed's own checkpoint has them
-        self.optimizer.load_state_dict(torch.load(state_dir / "optimizer.pt", weights_only=False))
+        load_optimizer(state_dir / OPTIMIZER_FILE, self.optimizer)
+
+
+def deepspeed_safe_globals() -> list[type]:
+    """The classes DeepSpeed pickles into its ZeRO optimizer shards (stages 1-3, fp32 and bf16;
+    found with torch.serialization.get_unsafe_globals_in_checkpoint); the rest is tensors and
+    plain containers. All three are plain records (a class, an Enum, a dataclass)."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, ZeroStageEnum, fragment_address]
+
+
+def weights_only_load(path: str, map_location=None):
+    """``torch.load(path, weights_only=True)`` allowing only ``deepspeed_safe_globals``; a file
+    that needs anything else (a crafted pickle) raises CheckpointFormatError naming it."""
+    allowed = deepspeed_safe_globals()
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        why = f"it pickles {found[1]}" if found else str(e).splitlines()[0]
+        raise CheckpointFormatError(f"{path}: refused by a weights_only load ({why}; DeepSpeed's files "
+                                    f"hold tensors and {', '.join(c.__name__ for c in allowed)}); {SAFE_FORMAT_HELP}") from e
 
 
 class DeepSpeedBackend:
@@ -108,6 +143,12 @@ class DeepSpeedBackend:
         )
         self.module, self.forward_model = self.engine.module, self.engine
         self.zero_stage = config["zero_optimization"]["stage"]
+        # DeepSpeed 0.19.8's TorchCheckpointEngine.load is torch.load(weights_only=False), and
+        # engine.load_checkpoint reads every file of our checkpoints (model states, ZeRO shards)
+        # through it: replaced, on this engine, by a weights_only load. Its paths that call
+        # torch.load themselves (universal checkpoints, NVMe offload, ZeRO-3 without optimizer
+        # states via zero_to_fp32) are off: deepspeed_config sets none, load() loads optimizers
+        self.engine.checkpoint_engine.load = weights_only_load
 
     def backward(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss, scale_wrt_gas=False)  # the caller normalises the loss

@@ -15,6 +15,7 @@ rank returns the same dict.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections import defaultdict
@@ -32,6 +33,8 @@ from awares_rl.learner.forward import sequence_logprobs
 from awares_rl.learner.objective import Objective, WeightedNLL
 from awares_rl.models import load_policy, load_processor
 from cluster.actor_group import DistInfo
+
+SCHEDULER_FILE = "scheduler.json"  # in trainer_state/
 
 
 @dataclass(frozen=True)
@@ -212,7 +215,8 @@ class LearnerWorker:
         full = self.backend.full_state_dict()
         if self.dist.rank == 0:
             ckpt_io.save_model_dir(ckpt_dir, self.model, self.processor, full)
-            torch.save(self.scheduler.state_dict(), state_dir / "scheduler.pt")
+            # LambdaLR's state_dict is plain numbers, WarmupCosine's fields included: JSON as-is
+            (state_dir / SCHEDULER_FILE).write_text(json.dumps(self.scheduler.state_dict(), indent=1))
         self.backend.save(state_dir, self.dist.rank)
         ckpt_io.save_rng(ckpt_dir, self.dist.rank)
         self._barrier()
@@ -223,10 +227,11 @@ class LearnerWorker:
     def load_state(self, ckpt_dir: str) -> ckpt_io.TrainerState:
         """Restore weights, optimizer, LR schedule and RNG from ``ckpt_dir`` (DeepSpeed: from its
         own checkpoint, fp32 master weights included); returns the saved TrainerState."""
+        ckpt_io.refuse_legacy_state(ckpt_dir)
         state = ckpt_io.read_state(ckpt_dir)
         state_dir = ckpt_io.state_dir(ckpt_dir)
         self.backend.load(state_dir)
-        self.scheduler.load_state_dict(torch.load(state_dir / "scheduler.pt", weights_only=False))
+        self.scheduler.load_state_dict(ckpt_io.read_json(state_dir / SCHEDULER_FILE, self.scheduler.state_dict()))
         ckpt_io.load_rng(ckpt_dir, self.dist.rank)
         self.step_count = self.scheduler.last_epoch  # optimizer steps (GRPO: several per state.step)
         return state

@@ -13,7 +13,7 @@ from PIL import Image
 from awares_rl.crops import cut_crops, low_res_view, retained_token_ratio
 from awares_rl.episode import Episode
 from awares_rl.images import ImageError, check_image, load_image
-from awares_rl.protocol import ToolCallError, parse_tool_call
+from awares_rl.protocol import ToolCallError, parse_answer, parse_tool_call
 from awares_rl.rollout.engine import Engine, GenOutput, GenRequest, SamplingConfig
 from awares_rl.tokens import IMAGE_TOKEN, crops_turn_ids, first_turn_ids
 
@@ -70,8 +70,9 @@ class EpisodeRunner:
         """G episodes per sample, group-contiguous (sample 0's G episodes first).
 
         A sample whose image cannot be used yields G episodes flagged with ``error`` (never a
-        silent drop); a malformed tool call ends its episode with ``invalid_tool_call`` set; a
-        turn cut off at ``max_new_tokens`` ends it with ``truncated``.
+        silent drop); a malformed tool call in turn 1, or any tool call in turn 2 ("second-call"),
+        ends its episode without an answer and with ``invalid_tool_call`` set; a turn cut off at
+        ``max_new_tokens`` ends it with ``truncated``.
         """
         t0 = time.perf_counter()
         loaded = self._load(samples, images, root)
@@ -149,4 +150,10 @@ class EpisodeRunner:
         ep.action_mask += [0] * n_new + [1] * len(out2.token_ids)
         ep.logprobs += [0.0] * n_new + list(out2.logprobs)
         ep.truncated = out2.finish_reason == "length"
-        self._finish(ep, ep.images[0], None if ep.truncated else text)
+        answer = None
+        if not ep.truncated:
+            try:
+                answer = parse_answer(text)
+            except ToolCallError as e:  # a second call: penalised like a malformed one, not scored
+                ep.invalid_tool_call = e.reason
+        self._finish(ep, ep.images[0], answer)
