@@ -47,7 +47,9 @@ def test_checkpoint_dir_loads_in_transformers(tiny_dir, tmp_path):
     assert ckpt.is_complete(tmp_path / "c")
     named = dict(w.named_weights())
     assert named.keys() == load_file(tmp_path / "c" / "model.safetensors").keys()  # vLLM's names
-    assert {"lm_head.weight", "model.layers.0.mlp.up_proj.weight", "visual.patch_embed.proj.weight"} <= named.keys()
+    # Qwen3-VL (the tiny default) saves under model.language_model.* / model.visual.*
+    assert {"lm_head.weight", "model.language_model.layers.0.mlp.up_proj.weight",
+            "model.visual.patch_embed.proj.weight", "model.visual.pos_embed.weight"} <= named.keys()
     model = AutoModelForImageTextToText.from_pretrained(tmp_path / "c", local_files_only=True)
     AutoProcessor.from_pretrained(tmp_path / "c", local_files_only=True)
     reloaded = dict(ckpt.checkpoint_names(model, dict(model.named_parameters())))

@@ -210,3 +210,27 @@ def test_disabled_mode_writes_nothing_and_online_needs_a_key(tmp_path):
         Tracker("awares-test", "t", tmp_path / "run", {}, mode="online")
     with pytest.raises(ValueError, match="not one of"):
         Tracker("awares-test", "t", tmp_path / "run", {}, mode="shared")  # type: ignore[arg-type]
+
+
+def test_final_results_reach_wandb_and_png(tmp_path):
+    from awares_rl.plots import accuracy_vs_rtr, learning_curves
+
+    rows = {"low_res": {"accuracy": 85.0, "rtr": 0.25, "visual_tokens": 60.0, "grounding": 95.0},
+            "grpo": {"accuracy": 99.0, "rtr": 0.29, "visual_tokens": 70.0, "crop_rate": 17.0,
+                     "crop_jaccard": 0.9, "tool_call_validity": 100.0}}
+    run = tmp_path / "run"
+    (run / "grpo").mkdir(parents=True)
+    (run / "grpo" / "metrics.jsonl").write_text(
+        "".join(json.dumps({"step": s, "rollout/rtr": 0.3 - 0.01 * s, "learner/clip_fraction": 0.1})
+                + "\n" for s in (1, 2, 3)))
+    scatter = accuracy_vs_rtr(rows, run / "accuracy_vs_rtr.png")
+    curves = learning_curves(run, run / "learning_curves.png")  # stages without logs draw empty
+    assert Image.open(scatter).size[0] > 300 and Image.open(curves).size[0] > 1000
+    with Tracker("awares-test", "t-eval", run / "eval", {}, mode="offline") as tracker:
+        tracker.log_results(rows, images={"accuracy_vs_rtr_png": scatter})
+    logged = read_offline_run(run / "eval")[0]
+    assert logged["results"]["_type"] == "table-file" and logged["results"]["nrows"] == 2
+    assert logged["accuracy_vs_rtr_png"]["_type"] == "image-file"
+    summary = read_offline_summary(run / "eval")
+    assert summary["grpo/crop_jaccard"] == 0.9 and summary["low_res/grounding"] == 95.0
+    assert "low_res/crop_jaccard" not in summary  # absent values are not logged as null
