@@ -69,6 +69,7 @@ class PretrainConfig:
     # reached 84% in 100 steps: so the first ``locate_warmup_steps`` steps train grounding only.
     locate_per_image: int = 0
     locate_warmup_steps: int = 0  # leading steps of grounding-only conversations (of ``steps``)
+    locate_only_share: float = 0.0  # after the warm-up: share of conversations that are grounding-only
     probe_every: int = 50  # steps between val probes (grounding, per-tier low-res accuracy); 0: none
     probe_samples: int = 64  # val samples each probe scores
     eval_samples: int = 200  # val samples scored at low and full res after training (0: skip)
@@ -93,6 +94,8 @@ class PretrainConfig:
             )
         if self.questions_per_image < 1 or self.locate_per_image < 0:
             raise ValueError("PretrainConfig.questions_per_image must be >= 1, locate_per_image >= 0")
+        if not 0 <= self.locate_only_share < 1:
+            raise ValueError(f"pretrain.locate_only_share = {self.locate_only_share} must be in [0, 1)")
         if not 0 <= self.locate_warmup_steps < self.steps:
             raise ValueError(f"pretrain.locate_warmup_steps = {self.locate_warmup_steps} must be in "
                              f"[0, pretrain.steps = {self.steps}): leave steps for reading")
@@ -140,7 +143,7 @@ def training_stream(cfg: PretrainConfig) -> Iterator[Conversation]:
         shown, panels = view_and_panels(image, sample, view, rng)
         qas = [(q, a) for q, a, _ in panel_questions(sample, panels)]
         qas = [qas[i] for i in rng.permutation(len(qas))[: cfg.questions_per_image]]
-        if view != "crop":
+        if view == "low":  # where the policy needs it; asked on full views too, it stayed at chance
             where = locate_questions(sample)
             qas += [where[i] for i in rng.permutation(len(where))[: cfg.locate_per_image]]
         yield multi_qa_conversation(shown, [qas[i] for i in rng.permutation(len(qas))])
@@ -152,13 +155,20 @@ def grounding_stream(cfg: PretrainConfig) -> Iterator[Conversation]:
     the low-res view or the full image (in the ratio of ``view_low`` to ``view_full``), from
     the "train" split's samples after those ``training_stream`` draws first."""
     rng = np.random.default_rng([cfg.seed, 1])
-    p_low = cfg.view_low / max(cfg.view_low + cfg.view_full, 1e-9)
+    p_low = 1.0  # the low-res view only: where the policy needs it (full views slowed it: README)
     index = 10_000_000  # disjoint from the reading stream's samples
     while True:
         sample, image = make_scene(cfg.seed, "train", index, cfg.synth)
         shown = low_res_view(image) if rng.random() < p_low else image
         yield multi_qa_conversation(shown, locate_questions(sample))
         index += 1
+
+
+def next_conversations(stream, warm, step: int, cfg: PretrainConfig) -> list[Conversation]:
+    """A step's batch: grounding-only during the warm-up, then ``locate_only_share`` of the
+    batch (rounded) grounding-only and the rest from the reading stream."""
+    n_warm = cfg.batch_size if step < cfg.locate_warmup_steps else round(cfg.locate_only_share * cfg.batch_size)
+    return [next(warm) for _ in range(n_warm)] + [next(stream) for _ in range(cfg.batch_size - n_warm)]
 
 
 def lr_at(step: int, cfg: PretrainConfig) -> float:
@@ -197,8 +207,7 @@ def train_loop(model, processor, optimizer, cfg: PretrainConfig) -> tuple[list[d
             probes.append({"step": step, **probe(model, processor, cfg)})
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
-        source = warm if step < cfg.locate_warmup_steps else stream
-        batch = collate_conversations([next(source) for _ in range(cfg.batch_size)], processor)
+        batch = collate_conversations(next_conversations(stream, warm, step, cfg), processor)
         stats = train_step(model, batch, optimizer, cfg)
         elapsed = time.perf_counter() - start
         bar.set_postfix(loss=f"{stats['loss']:.3f}", vis=f"{stats['vision_grad_norm']:.2f}")

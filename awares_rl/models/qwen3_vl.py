@@ -66,7 +66,7 @@ def init_tiny(model, cfg) -> None:
         return
     table = model.model.visual.pos_embed.weight
     grid = math.isqrt(table.shape[0])
-    table.copy_(sincos_2d(grid, table.shape[1]))
+    table.copy_(cfg.pos_embed_scale * sincos_2d(grid, table.shape[1]))
 
 
 FAMILY = register(ModelFamily(

@@ -71,6 +71,7 @@ class TinyModelConfig:
     # image) starts as a 2D sin-cos table ("sincos") or as transformers' N(0, 0.02) ("normal").
     pos_grid: int = 16
     pos_embed_init: Literal["sincos", "normal"] = "sincos"
+    pos_embed_scale: float = 1.0  # the sin-cos table times this (its std is ~0.55 at 1.0)
     min_visual_tokens: int = 16  # processor bounds, in visual tokens of the family's token_px
     max_visual_tokens: int = 1024
     max_position_embeddings: int = 8192
