@@ -240,8 +240,9 @@ def results_table(summary: dict[str, dict]) -> Table:
 
 
 def evaluate(cfg: RecipeConfig, checkpoint: str | Path, data: str | Path,
-             trajectories: str | Path | None = None) -> dict:
-    """Run every mode of ``cfg.eval.modes`` on ``data``; returns {"summary", "samples", ...}."""
+             trajectories: str | Path | None = None, engine=None) -> dict:
+    """Run every mode of ``cfg.eval.modes`` on ``data``; returns {"summary", "samples", ...}.
+    ``engine`` (of ``checkpoint``; the caller closes it) saves an engine start when given."""
     from awares_rl.models import load_processor
 
     items = read_items(data)[: cfg.eval.n or None]
@@ -250,7 +251,8 @@ def evaluate(cfg: RecipeConfig, checkpoint: str | Path, data: str | Path,
     if trajectories:
         attach_labels(items, trajectories)
     processor = load_processor(checkpoint)
-    engine = make_engine(cfg.rollout, cfg.model, checkpoint, seed=cfg.run.seed)
+    owned = engine is None
+    engine = engine or make_engine(cfg.rollout, cfg.model, checkpoint, seed=cfg.run.seed)
     summary, samples = {}, {}
     try:
         for mode in cfg.eval.modes:
@@ -259,7 +261,8 @@ def evaluate(cfg: RecipeConfig, checkpoint: str | Path, data: str | Path,
             score(preds, asked, cfg)
             summary[mode], samples[mode] = summarize(preds, asked, mode), [dataclasses.asdict(p) for p in preds]
     finally:
-        engine.close()
+        if owned:
+            engine.close()
     return {"checkpoint": str(checkpoint), "data": str(data), "engine": type(engine).__name__,
             "batch_size": cfg.eval.batch_size, "summary": summary, "samples": samples}
 

@@ -62,7 +62,7 @@ def learning_curves(run_dir: str | Path, path: str | Path) -> Path:
     sft, grpo = read_metrics(run / "sft" / "metrics.jsonl"), read_metrics(run / "grpo" / "metrics.jsonl")
     fig, axes = plt.subplots(2, 3, figsize=(14, 7.5), dpi=110)
     _panel(axes[0, 0], curve, ["loss"], "pretrain: loss", "NLL")
-    _panel(axes[0, 1], pre.get("probes", []), ["grounding", "medium_low", "small_low"],
+    _panel(axes[0, 1], pre.get("probes", []), ["grounding", "large_low", "medium_low", "small_low"],
            "pretrain: val probes (low-res view)", "accuracy")
     _panel(axes[0, 2], sft, ["train/loss", "val/loss"], "SFT: weighted NLL", "loss")
     _panel(axes[1, 0], grpo, ["rollout/reward_total", "rollout/accuracy"], "GRPO: sampled episodes")

@@ -516,8 +516,10 @@ def ray_process(worker_args: tuple, num_workers: int, rollout, root, out_dir, sp
 # ---------------------------------------------------------------- the command
 def trajectories_from_recipe(recipe: str | Path, overrides: Sequence[str] = (), split: str = "train",
                              model_dir: str | Path | None = None, out: str | Path | None = None,
-                             limit: int | None = None, progress: bool = True) -> dict[str, Any]:
-    """``awares-rl data trajectories``: build (or resume) a split's trajectories; returns the stats."""
+                             limit: int | None = None, progress: bool = True,
+                             builder: TrajectoryBuilder | None = None) -> dict[str, Any]:
+    """``awares-rl data trajectories``: build (or resume) a split's trajectories; returns the stats.
+    ``builder`` (one engine for several splits, see ``make_builder``) is used when given."""
     from awares_rl.config import load_recipe
     from awares_rl.config_io import ConfigError
     from awares_rl.workspace import ensure_data
@@ -538,7 +540,7 @@ def trajectories_from_recipe(recipe: str | Path, overrides: Sequence[str] = (), 
         process = ray_process(args, cfg.num_workers, rcfg.rollout, data_file.parent, out.parent, split)
         run_batches(samples, cfg, process, out, limit, progress, meta)
     else:
-        builder = make_builder(model_dir, rcfg.rollout, rcfg.model, cfg, rcfg.reward, rcfg.run.seed)
+        builder = builder or make_builder(model_dir, rcfg.rollout, rcfg.model, cfg, rcfg.reward, rcfg.run.seed)
         run_batches(samples, cfg, lambda bs: (builder.process(b, data_file.parent, out.parent, split) for b in bs),
                     out, limit, progress, meta)
     from data_pipeline.trajectory_report import stats_table, write_report

@@ -78,7 +78,8 @@ def test_two_grpo_steps_with_real_actors(tmp_path, tool_model_dir, wandb_sandbox
     # logprobs before the first, which equal the engine's (it sampled with the synced weights)
     assert [r["learner/step"] for r in rows] == [4, 8]
     assert all(r["learner/rollout_kl"] == pytest.approx(0.0, abs=1e-5) for r in rows)
-    assert all(r["learner/clip_fraction"] > 0 and r["learner/kl_ref"] > 0 for r in rows)  # the policy moved
+    # the policy moved (a step whose groups all tie has zero advantages and moves nothing)
+    assert any(r["learner/clip_fraction"] > 0 and r["learner/kl_ref"] > 0 for r in rows)
     before, after = load_file(str(tool_model_dir / "model.safetensors")), load_file(str(out / "model.safetensors"))
     assert any(not torch.equal(before[k], after[k]) for k in before)
     assert (cfg.run.dir / "checkpoints" / "grpo").is_dir()

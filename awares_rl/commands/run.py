@@ -46,10 +46,23 @@ def stage_base(cfg: RecipeConfig) -> Path:
 
 
 def stage_trajectories(recipe: str, overrides: list[str], cfg: RecipeConfig) -> None:
-    from data_pipeline.trajectories import trajectories_from_recipe
+    """Train, val and test trajectories (test labels score the crop decisions of the final
+    table); a split whose stats file exists is done. One engine serves all splits."""
+    from data_pipeline.trajectories import make_builder, trajectories_from_recipe
 
-    for split in ("train", "val", "test"):  # test labels score the crop decisions of the final table
-        trajectories_from_recipe(recipe, overrides, split=split, model_dir=stage_base(cfg))
+    base = stage_base(cfg)
+    todo = [s for s in ("train", "val", "test") if not (cfg.run.dir / "trajectories" / f"{s}.stats.json").is_file()]
+    if not todo:
+        return
+    builder = None
+    if cfg.trajectories.num_workers == 1:
+        builder = make_builder(base, cfg.rollout, cfg.model, cfg.trajectories, cfg.reward, cfg.run.seed)
+    try:
+        for split in todo:
+            trajectories_from_recipe(recipe, overrides, split=split, model_dir=base, builder=builder)
+    finally:
+        if builder is not None:
+            builder.engine.close()
 
 
 def stage_sft(cfg: RecipeConfig) -> Path:
@@ -77,13 +90,20 @@ def final_table(cfg: RecipeConfig, base: Path, sft: Path, grpo: Path) -> dict[st
     data the base row also gets ``grounding``: the crop id of the asked panel, at low res, on val."""
     from awares_rl.evaluate import evaluate
 
+    from awares_rl.rollout import make_engine
+
     data = ensure_data(cfg, cfg.eval.split)
     rows: dict[str, dict] = {}
-    base_eval = evaluate(replace(cfg, eval=replace(cfg.eval, modes=["low", "full"])), base, data)
-    rows["low_res"], rows["full_res"] = base_eval["summary"]["low"], base_eval["summary"]["full"]
-    if cfg.data.dir is None:
-        probe = evaluate(replace(cfg, eval=replace(cfg.eval, modes=["grounding"])), base, ensure_data(cfg, "val"))
-        rows["low_res"]["grounding"] = probe["summary"]["grounding"]["accuracy"]
+    engine = make_engine(cfg.rollout, cfg.model, base, seed=cfg.run.seed)  # one engine, both base evals
+    try:
+        base_eval = evaluate(replace(cfg, eval=replace(cfg.eval, modes=["low", "full"])), base, data, engine=engine)
+        rows["low_res"], rows["full_res"] = base_eval["summary"]["low"], base_eval["summary"]["full"]
+        if cfg.data.dir is None:
+            probe = evaluate(replace(cfg, eval=replace(cfg.eval, modes=["grounding"])), base,
+                             ensure_data(cfg, "val"), engine=engine)
+            rows["low_res"]["grounding"] = probe["summary"]["grounding"]["accuracy"]
+    finally:
+        engine.close()
     for name, model in (("sft", sft), ("grpo", grpo)):
         labels = cfg.run.dir / "trajectories" / f"{cfg.eval.split}.jsonl"
         report = evaluate(replace(cfg, eval=replace(cfg.eval, modes=["policy"])), model, data,
