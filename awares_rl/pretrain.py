@@ -63,13 +63,12 @@ class PretrainConfig:
     view_low: float = 0.35  # ... on the 0.5 low-res view
     view_crop: float = 0.35  # ... on a full-res crop of the crop set (asked about panels in it)
     questions_per_image: int = 4  # QA turns per training image (one per visible panel, at most)
-    # grounding turns ("Which crop shows the red panel?" -> "2") added per full or low-res image,
-    # about the panels that hold a detail. Mixed into reading from step 0 they stayed at chance
-    # (25% after 300 steps, tiny Qwen3-VL with a sin-cos position table), while grounding alone
-    # reached 84% in 100 steps: so the first ``locate_warmup_steps`` steps train grounding only.
+    # grounding turns ("Which crop shows the red panel?" -> "2") added per low-res image, about
+    # the panels that hold a detail. Mixed into reading conversations alone they stayed at chance
+    # (25% after 300 steps, tiny Qwen3-VL with a sin-cos position table); grounding-only
+    # conversations (``locate_only_share`` of each batch) beside reading learn it (README).
     locate_per_image: int = 0
-    locate_warmup_steps: int = 0  # leading steps of grounding-only conversations (of ``steps``)
-    locate_only_share: float = 0.0  # after the warm-up: share of conversations that are grounding-only
+    locate_only_share: float = 0.0  # share of each batch's conversations that are grounding-only
     probe_every: int = 50  # steps between val probes (grounding, per-tier low-res accuracy); 0: none
     probe_samples: int = 64  # val samples each probe scores
     eval_samples: int = 200  # val samples scored at low and full res after training (0: skip)
@@ -96,9 +95,6 @@ class PretrainConfig:
             raise ValueError("PretrainConfig.questions_per_image must be >= 1, locate_per_image >= 0")
         if not 0 <= self.locate_only_share < 1:
             raise ValueError(f"pretrain.locate_only_share = {self.locate_only_share} must be in [0, 1)")
-        if not 0 <= self.locate_warmup_steps < self.steps:
-            raise ValueError(f"pretrain.locate_warmup_steps = {self.locate_warmup_steps} must be in "
-                             f"[0, pretrain.steps = {self.steps}): leave steps for reading")
         if self.threads < 1:
             raise ValueError(f"PretrainConfig.threads = {self.threads} must be >= 1")
 
@@ -152,23 +148,19 @@ def training_stream(cfg: PretrainConfig) -> Iterator[Conversation]:
 
 def grounding_stream(cfg: PretrainConfig) -> Iterator[Conversation]:
     """Endless grounding-only conversations ("Which crop shows the red panel?" -> crop id) on
-    the low-res view or the full image (in the ratio of ``view_low`` to ``view_full``), from
-    the "train" split's samples after those ``training_stream`` draws first."""
-    rng = np.random.default_rng([cfg.seed, 1])
-    p_low = 1.0  # the low-res view only: where the policy needs it (full views slowed it: README)
+    the low-res view (where the policy needs it; with full views too it learned slower), from
+    "train" samples far past those ``training_stream`` draws."""
     index = 10_000_000  # disjoint from the reading stream's samples
     while True:
         sample, image = make_scene(cfg.seed, "train", index, cfg.synth)
-        shown = low_res_view(image) if rng.random() < p_low else image
-        yield multi_qa_conversation(shown, locate_questions(sample))
+        yield multi_qa_conversation(low_res_view(image), locate_questions(sample))
         index += 1
 
 
-def next_conversations(stream, warm, step: int, cfg: PretrainConfig) -> list[Conversation]:
-    """A step's batch: grounding-only during the warm-up, then ``locate_only_share`` of the
-    batch (rounded) grounding-only and the rest from the reading stream."""
-    n_warm = cfg.batch_size if step < cfg.locate_warmup_steps else round(cfg.locate_only_share * cfg.batch_size)
-    return [next(warm) for _ in range(n_warm)] + [next(stream) for _ in range(cfg.batch_size - n_warm)]
+def next_conversations(stream, grounding, cfg: PretrainConfig) -> list[Conversation]:
+    """A step's batch: ``locate_only_share`` of it (rounded) grounding-only, the rest reading."""
+    n = round(cfg.locate_only_share * cfg.batch_size)
+    return [next(grounding) for _ in range(n)] + [next(stream) for _ in range(cfg.batch_size - n)]
 
 
 def lr_at(step: int, cfg: PretrainConfig) -> float:
@@ -200,14 +192,14 @@ def train_loop(model, processor, optimizer, cfg: PretrainConfig) -> tuple[list[d
     """Run the optimizer steps (stopping early at ``time_budget_s``); returns the learning curve
     and the number of steps done."""
     stream, curve, start, step = training_stream(cfg), [], time.perf_counter(), -1
-    warm = grounding_stream(cfg)
+    grounding = grounding_stream(cfg)
     probes: list[dict] = []
     for step in (bar := tqdm(range(cfg.steps), desc="pretrain", dynamic_ncols=True)):
         if cfg.probe_every and step % cfg.probe_every == 0 and step:
             probes.append({"step": step, **probe(model, processor, cfg)})
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
-        batch = collate_conversations(next_conversations(stream, warm, step, cfg), processor)
+        batch = collate_conversations(next_conversations(stream, grounding, cfg), processor)
         stats = train_step(model, batch, optimizer, cfg)
         elapsed = time.perf_counter() - start
         bar.set_postfix(loss=f"{stats['loss']:.3f}", vis=f"{stats['vision_grad_norm']:.2f}")

@@ -56,6 +56,14 @@ def torch_checkpoint(tiny_dir, tmp_path_factory):
     return worker, out
 
 
+def planted_copy(good, tmp_path, name: str):
+    """(a copy of checkpoint ``good`` with a crafted pickle as trainer_state/``name``, its marker)."""
+    bad, marker = tmp_path / "c", tmp_path / "pwned"
+    shutil.copytree(good, bad)
+    plant(ckpt.state_dir(bad) / name, marker)
+    return bad, marker
+
+
 def test_trainer_state_layout(torch_checkpoint):
     _, out = torch_checkpoint
     assert sorted(p.name for p in ckpt.state_dir(out).iterdir()) == [
@@ -65,9 +73,7 @@ def test_trainer_state_layout(torch_checkpoint):
 @pytest.mark.parametrize("name", ["rng_rank0.safetensors", "scheduler.json", "optimizer.safetensors"])
 def test_planted_pickle_is_refused(torch_checkpoint, tmp_path, name):
     worker, good = torch_checkpoint
-    bad, marker = tmp_path / "c", tmp_path / "pwned"
-    shutil.copytree(good, bad)
-    plant(ckpt.state_dir(bad) / name, marker)
+    bad, marker = planted_copy(good, tmp_path, name)
     with pytest.raises(CheckpointFormatError, match=re.escape(str(ckpt.state_dir(bad) / name))):
         worker.load_state(str(bad))
     assert not marker.exists()
@@ -78,9 +84,7 @@ def test_planted_pickle_is_refused(torch_checkpoint, tmp_path, name):
 def test_old_pickle_format_is_refused(torch_checkpoint, tmp_path, name):
     """A checkpoint of the old code (``*.pt`` pickles in trainer_state/) is refused unread."""
     worker, good = torch_checkpoint
-    old, marker = tmp_path / "c", tmp_path / "pwned"
-    shutil.copytree(good, old)
-    plant(ckpt.state_dir(old) / name, marker)
+    old, marker = planted_copy(good, tmp_path, name)
     with pytest.raises(CheckpointFormatError, match=re.escape(name) + ".*predates the safe"):
         worker.load_state(str(old))
     assert not marker.exists()

@@ -143,3 +143,13 @@ def test_pretrain_two_steps_saves_a_reloadable_checkpoint(tmp_path):
     before, after = fresh.state_dict(), model.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in after if "visual" in k)
     assert processor.tokenizer.chat_template
+
+
+def test_batch_mixes_grounding_only_conversations():
+    from awares_rl.pretrain import next_conversations
+
+    cfg = PretrainConfig(batch_size=24, locate_only_share=0.34)
+    batch = next_conversations(iter(["read"] * 99), iter(["where"] * 99), cfg)
+    assert batch.count("where") == 8 and batch.count("read") == 16  # round(0.34 * 24) = 8
+    with pytest.raises(ValueError, match="locate_only_share"):
+        PretrainConfig(locate_only_share=1.0)
