@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from awares_rl.config_io import ConfigError, load_yaml
+from awares_rl.config_io import ConfigError, load_yaml, require
 from awares_rl.models.tiny import TinyModelConfig
 from awares_rl.pretrain import PretrainConfig
 from data_pipeline.config import SynthConfig
@@ -20,6 +20,11 @@ class RunConfig:
     out_dir: str = "runs"  # where run directories are created
     seed: int = 0  # global seed (data order, sampling, init)
     threads: int = 0  # torch threads for the driver process; 0 = all cores
+
+    def __post_init__(self) -> None:
+        require(self.seed >= 0, "run.seed", self.seed, ">= 0 (numpy refuses negative seeds)")
+        require(self.threads >= 0, "run.threads", self.threads, ">= 0 (0: all cores)")
+        require(bool(self.name.strip()), "run.name", self.name, "a non-empty folder name")
 
     @property
     def dir(self) -> Path:
@@ -47,6 +52,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.max_image_pixels < 10_000:
             raise ValueError(f"data.max_image_pixels={self.max_image_pixels} is too small; use >= 10000")
+        for name in ("n_train", "n_val", "n_test"):
+            require(getattr(self, name) >= 1, f"data.{name}", getattr(self, name), ">= 1")
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,12 @@ class RolloutConfig:
             raise ValueError(f"rollout.low_res_scale must be in (0, 1], got {self.low_res_scale}")
         if not 1 <= self.max_crops <= 9:
             raise ValueError(f"rollout.max_crops must be in 1..9, got {self.max_crops}")
+        require(self.temperature >= 0, "rollout.temperature", self.temperature, ">= 0 (0: greedy; 1: the policy)")
+        require(0 < self.top_p <= 1, "rollout.top_p", self.top_p, "in (0, 1] (1: no nucleus cut)")
+        for name in ("max_new_tokens", "max_model_len", "kv_cache_gib"):
+            require(getattr(self, name) >= 1, f"rollout.{name}", getattr(self, name), ">= 1")
+        require(self.cpus_per_worker > 0, "rollout.cpus_per_worker", self.cpus_per_worker, "> 0")
+        require(self.gpus_per_worker >= 0, "rollout.gpus_per_worker", self.gpus_per_worker, ">= 0")
 
 
 @dataclass(frozen=True)
@@ -84,6 +97,9 @@ class LoggingConfig:
     wandb_mode: Literal["offline", "online", "disabled"] = "offline"
     project: str = "awares-rl"
     table_every: int = 10  # log an episode table every N steps
+
+    def __post_init__(self) -> None:
+        require(self.table_every >= 0, "logging.table_every", self.table_every, ">= 0 (0: never)")
 
 
 @dataclass(frozen=True)
@@ -104,6 +120,8 @@ class LearnerConfig:
             raise ValueError(f"learner.zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
         if not self.use_ray and self.num_workers != 1:
             raise ValueError("learner.use_ray=false runs one worker in the driver: set learner.num_workers=1")
+        require(self.cpus_per_worker > 0, "learner.cpus_per_worker", self.cpus_per_worker, "> 0")
+        require(self.gpus_per_worker >= 0, "learner.gpus_per_worker", self.gpus_per_worker, ">= 0")
 
 
 @dataclass(frozen=True)
@@ -132,6 +150,10 @@ class SFTConfig:
             raise ValueError("sft.lr must be > 0, sft.warmup_steps >= 0, sft.min_lr_ratio in [0, 1]")
         if self.tool_turn_weight <= 0:
             raise ValueError(f"sft.tool_turn_weight must be > 0 (the paper uses 5), got {self.tool_turn_weight}")
+        _check_training("sft", self.lr, self.grad_clip, self.save_every, self.keep_checkpoints)
+        require(self.weight_decay >= 0, "sft.weight_decay", self.weight_decay, ">= 0")
+        for name in ("val_every", "val_samples"):
+            require(getattr(self, name) >= 0, f"sft.{name}", getattr(self, name), ">= 0 (0: see its comment)")
 
 
 @dataclass(frozen=True)
@@ -148,6 +170,8 @@ class EvalConfig:
             raise ValueError(f"eval.modes must be a non-empty list of distinct modes, got {self.modes}")
         if self.batch_size < 1 or self.max_new_tokens < 1 or self.n < 0:
             raise ValueError("eval.batch_size and eval.max_new_tokens must be >= 1, eval.n >= 0")
+        require(0 < self.correct_threshold <= 1, "eval.correct_threshold", self.correct_threshold,
+                "in (0, 1]: judge scores lie in [0, 1] (0.5 is the default)")
 
 
 @dataclass(frozen=True)
@@ -187,6 +211,19 @@ class GRPOConfig:
         if self.max_len is not None and self.max_len < 1:
             raise ValueError(f"grpo.max_len must be a positive token count, or null for 2 * rollout.max_new_tokens; "
                              f"got {self.max_len}")
+        _check_training("grpo", self.lr, self.grad_clip, self.save_every, self.keep_checkpoints)
+        require(self.warmup_steps >= 0, "grpo.warmup_steps", self.warmup_steps, ">= 0")
+        require(self.tis_cap is None or self.tis_cap >= 1, "grpo.tis_cap", self.tis_cap,
+                ">= 1, or null for no importance weight")
+        require(self.log_tables_every >= 0, "grpo.log_tables_every", self.log_tables_every, ">= 0 (0: never)")
+
+
+def _check_training(section: str, lr: float, grad_clip: float, save_every: int, keep: int) -> None:
+    """The optimiser and checkpoint fields SFT and GRPO share."""
+    require(lr > 0, f"{section}.lr", lr, "> 0 (a peak AdamW learning rate, e.g. 1e-5)")
+    require(grad_clip >= 0, f"{section}.grad_clip", grad_clip, ">= 0 (0: no clipping)")
+    require(save_every >= 0, f"{section}.save_every", save_every, ">= 0 (0: only the final model)")
+    require(keep >= 1, f"{section}.keep_checkpoints", keep, ">= 1 (resume needs one)")
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ validation that names the key and the fix."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -16,6 +17,12 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """An invalid recipe key or value; the message names the key and how to fix it."""
+
+
+def require(ok: bool, key: str, value: Any, rule: str) -> None:
+    """Raise ConfigError ``key=value: must be <rule>`` unless ``ok`` (a range check of a field)."""
+    if not ok:
+        raise ConfigError(f"{key}={value!r}: must be {rule}")
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -59,12 +66,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
     if tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        try:  # PyYAML reads "1e-3" (no dot) as a string: accept numeric strings for float fields
-            return float(value) if isinstance(value, str) else _not_a_number(key, value)
-        except ValueError:
-            _not_a_number(key, value)
+        return _finite_float(value, key)
     if tp is str:
         if isinstance(value, str):
             return value
@@ -72,8 +74,18 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
-def _not_a_number(key: str, value: Any):
-    raise ConfigError(f"{key}: expected a number, got {value!r}")
+def _finite_float(value: Any, key: str) -> float:
+    """A float field's value: a number, or a numeric string (PyYAML reads "1e-3", no dot, as a
+    string); nan and inf are refused for every float field."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ConfigError(f"{key}: {value!r} is not a finite number; set a real value (e.g. 1e-4)")
+    return number
 
 
 def build(cls: type[T], data: dict[str, Any] | None, prefix: str = "") -> T:
@@ -108,7 +120,11 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {p} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            problem = getattr(e, "problem", None) or e
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({problem}); quote it") from e
     return data
 
 
@@ -117,7 +133,15 @@ def load_yaml(cls: type[T], path: str | Path, overrides: list[str] | None = None
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"recipe {path} not found; recipes live in recipes/*.yaml")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"recipe {path}: byte {e.start} is not UTF-8; save the file as UTF-8") from e
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(f"recipe {where}: YAML syntax error ({problem}); fix that line") from e
     if not isinstance(data, dict):
         raise ConfigError(f"recipe {path}: the top level must be a mapping of sections")
     return build(cls, apply_overrides(data, list(overrides or [])))

@@ -95,6 +95,10 @@ class TrajectoryConfig:
             raise ValueError(f"trajectories.correct_threshold={self.correct_threshold} must be in (0, 1]")
         if not 0 < self.low_res_scale <= 1:
             raise ValueError(f"trajectories.low_res_scale={self.low_res_scale} must be in (0, 1]")
+        unknown = sorted(set(self.metric_judges) - set(BENCHMARK_JUDGES))
+        if unknown:
+            raise ValueError(f"trajectories.metric_judges: {unknown[0]!r} is not a sample metric; use keys "
+                             f"from {sorted(BENCHMARK_JUDGES)}")
         for metric, name in [*self.metric_judges.items(), ("default_judge", self.default_judge)]:
             if name not in JUDGES:
                 raise ValueError(f"trajectories judge {name!r} (for {metric}) unknown: use one of {sorted(JUDGES)}")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from reward.judges import JUDGES
+from reward.judges import BENCHMARK_JUDGES, JUDGES
 from reward.llm_judge import DEFAULT_PROMPT
 
 _DEFAULT_TOKEN_ENV = "AWARES_REWARD_TOKEN"
@@ -88,6 +88,9 @@ class RewardConfig:
         known = f"choose one of {sorted(JUDGES)}"
         self._require(self.judge in JUDGES, "judge", known)
         for metric, name in self.metric_judges.items():
+            if metric not in BENCHMARK_JUDGES:
+                raise ValueError(f"reward.metric_judges: {metric!r} is not a sample metric; use "
+                                 f"keys from {sorted(BENCHMARK_JUDGES)}")
             if name not in JUDGES:
                 raise ValueError(
                     f"reward.metric_judges[{metric!r}]={name!r} is not a judge; {known}"
