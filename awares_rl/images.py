@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageOps
 
 MAX_ASPECT_RATIO = 200  # Qwen2.5-VL's smart_resize refuses more extreme images
@@ -15,13 +16,25 @@ class ImageError(ValueError):
     """An image that cannot be used; the message names the file and the fix."""
 
 
+def stretch_to_l(image: Image.Image) -> Image.Image:
+    """An ``I;16`` / ``I`` / ``F`` image as 8-bit greyscale, its value range scaled to 0..255
+    (PIL's own convert clips such values, turning most 16-bit and float images black or white).
+    Non-finite floats count as the minimum."""
+    values = np.asarray(image, dtype=np.float64)
+    finite = np.isfinite(values)
+    lo, hi = (values[finite].min(), values[finite].max()) if finite.any() else (0.0, 0.0)
+    values = np.where(finite, values, lo)
+    scaled = (values - lo) * (255.0 / (hi - lo)) if hi > lo else np.clip(values, 0, 255)
+    return Image.fromarray(np.round(scaled).astype(np.uint8), mode="L")
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB copy of any PIL mode: alpha is composited on white, 16-bit greyscale rescaled."""
+    """RGB copy of any PIL mode: alpha is composited on white, 16-bit, 32-bit and float
+    greyscale have their value range scaled to 0..255."""
     if image.mode == "RGB":
         return image
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        scale = 1 / 256 if image.mode.startswith("I;16") else 1 / 65536
-        return image.point(lambda v: v * scale).convert("L").convert("RGB")
+    if image.mode.startswith("I") or image.mode == "F":
+        return stretch_to_l(image).convert("RGB")
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

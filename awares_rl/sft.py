@@ -89,7 +89,8 @@ class SFTTrainer:
 
     def sequences(self, trajs: list[Trajectory], root: Path) -> list[TokenSequence]:
         return [trajectory_to_sequence(self.processor, t.to_json(), self.cfg.sft.tool_turn_weight, root=root,
-                                       low_res_scale=self.cfg.rollout.low_res_scale) for t in trajs]
+                                       low_res_scale=self.cfg.rollout.low_res_scale,
+                                       max_image_pixels=self.cfg.data.max_image_pixels) for t in trajs]
 
     def fit(self) -> Path:
         s = self.cfg.sft

@@ -20,7 +20,7 @@ from PIL import Image
 
 from awares_rl.crops import cut_crops, low_res_view
 from awares_rl.episode import Episode
-from awares_rl.images import load_image
+from awares_rl.images import DEFAULT_MAX_PIXELS, load_image
 from awares_rl.protocol import parse_tool_call
 from awares_rl.tokens import (
     IMAGE_TOKEN,
@@ -142,6 +142,7 @@ def trajectory_to_sequence(
     root: str | Path | None = None,
     low_res_scale: float = 0.5,
     system_prompt: str | None = None,
+    max_image_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> TokenSequence:
     """An SFT trajectory (a ``Trajectory`` or its JSON: ``{"question", "turns", "crop_ids", "image",
     ...}``) in the rollout's token layout: P1 + A1, or P1 + A1 + S2 + A2 after a tool call.
@@ -156,7 +157,7 @@ def trajectory_to_sequence(
     if image is None:
         if root is None:
             raise ValueError("trajectory_to_sequence needs image= or root= (the JSONL's folder)")
-        image = load_image(Path(root) / traj["image"])
+        image = load_image(Path(root) / traj["image"], max_image_pixels)
     crops = parse_tool_call(turns[0])
     if (crops is None) != (len(turns) == 1) or len(turns) > 2:
         raise ValueError(f"trajectory {traj.get('id')!r}: turns {turns!r} must be [answer] or [GET_CROPS call, answer]")

@@ -12,7 +12,7 @@ from PIL import Image
 
 from awares_rl.crops import cut_crops, low_res_view, retained_token_ratio
 from awares_rl.episode import Episode
-from awares_rl.images import ImageError, check_image, load_image
+from awares_rl.images import DEFAULT_MAX_PIXELS, ImageError, check_image, load_image
 from awares_rl.protocol import ToolCallError, parse_answer, parse_tool_call
 from awares_rl.rollout.engine import Engine, GenOutput, GenRequest, SamplingConfig
 from awares_rl.tokens import IMAGE_TOKEN, crops_turn_ids, first_turn_ids
@@ -25,6 +25,7 @@ class EpisodeSettings:
     low_res_scale: float = 0.5
     max_crops: int = 9  # a call naming more crops is invalid ("too-many")
     system_prompt: str | None = None  # None: protocol.SYSTEM_PROMPT
+    max_image_pixels: int = DEFAULT_MAX_PIXELS  # data.max_image_pixels: larger images are refused
 
 
 def _decode(tokenizer, ids: list[int]) -> str:
@@ -60,7 +61,7 @@ class EpisodeRunner:
         loaded: list[Image.Image | ImageError] = []
         for s in samples:
             try:
-                loaded.append(load_image(Path(root) / s.image))
+                loaded.append(load_image(Path(root) / s.image, self.settings.max_image_pixels))
             except ImageError as e:
                 loaded.append(e)
         return loaded
