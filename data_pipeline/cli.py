@@ -10,6 +10,7 @@ import argparse
 import sys
 from dataclasses import fields
 
+from awares_rl.images import DEFAULT_MAX_PIXELS
 from data_pipeline.config import SynthConfig
 from data_pipeline.formats import CONVERTERS
 
@@ -43,6 +44,8 @@ def add_data_parsers(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     val = sub.add_parser("validate", help="validate a Sample JSONL file and its images")
     val.add_argument("--src", required=True, help="Sample JSONL file")
     val.add_argument("--on-error", default="fail", choices=("fail", "skip"))
+    val.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                     help="images larger than this are refused (data.max_image_pixels)")
     val.set_defaults(func=run_validate)
 
     add_trajectories_parser(sub)
@@ -120,7 +123,7 @@ def run_validate(args: argparse.Namespace) -> int:
     from data_pipeline.sample import SampleError
 
     try:
-        samples, report = read_samples(args.src, args.on_error)
+        samples, report = read_samples(args.src, args.on_error, decode_images=True, max_pixels=args.max_pixels)
     except (SampleError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

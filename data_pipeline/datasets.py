@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,8 +22,15 @@ from typing import Any
 
 from PIL import Image
 
+from awares_rl.images import DEFAULT_MAX_PIXELS, ImageError, load_image
 from data_pipeline.formats import CONVERTERS, IMAGE_DIRS, METRIC, RawSample, RecordError
-from data_pipeline.sample import Sample, SampleError, iter_jsonl, parse_line, write_jsonl
+from data_pipeline.sample import (
+    Sample,
+    SampleError,
+    iter_jsonl_lines,
+    parse_line,
+    write_jsonl,
+)
 
 ON_ERROR = ("fail", "skip")
 
@@ -55,20 +63,31 @@ def _check_on_error(on_error: str) -> None:
 
 # ---------------------------------------------------------------- Sample JSONL: read / validate
 def read_samples(
-    path: str | Path, on_error: str = "fail", check_images: bool = True
+    path: str | Path, on_error: str = "fail", check_images: bool = True,
+    decode_images: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> tuple[list[Sample], ConvertReport]:
-    """Read and validate a Sample JSONL file; every error names ``file:line`` and the field."""
+    """Read and validate a Sample JSONL file; every error names ``file:line`` and the field.
+
+    ``check_images``: each image exists inside the JSONL's folder (the data root);
+    ``decode_images`` (``data validate``): each also decodes, within ``max_pixels``, and holds
+    its evidence boxes. An empty file raises SampleError either way."""
     _check_on_error(on_error)
     path, samples, report = Path(path), [], ConvertReport(path=Path(path))
     seen: set[str] = set()
-    for lineno, line in iter_jsonl(path):
+    lines = list(iter_jsonl_lines(path))
+    if not lines:
+        raise SampleError(str(path), "<file>", "has no samples (the file is empty); point at the "
+                          "right file or regenerate it")
+    for lineno, line in lines:
         where = f"{path}:{lineno}"
         try:
+            if isinstance(line, SampleError):
+                raise line
             s = parse_line(line, where)
             if s.id in seen:
                 raise SampleError(where, "id", f"duplicate id {s.id!r}")
-            if check_images and not s.image_path(path).is_file():
-                raise SampleError(where, "image", f"file not found: {s.image_path(path)}")
+            if check_images:
+                _check_image_of(s, path, where, decode_images, max_pixels)
         except SampleError as e:
             if on_error == "fail":
                 raise
@@ -79,6 +98,28 @@ def read_samples(
         samples.append(s)
     report.written = len(samples)
     return samples, report
+
+
+def _check_image_of(s: Sample, jsonl: Path, where: str, decode: bool, max_pixels: int) -> None:
+    """SampleError unless ``s.image`` stays inside the data root and exists (and, with ``decode``,
+    decodes within ``max_pixels`` and contains every evidence box)."""
+    rel = os.path.normpath(s.image)
+    if os.path.isabs(rel) or rel == ".." or rel.startswith(".." + os.sep):
+        raise SampleError(where, "image", f"{s.image!r} points outside the data root {jsonl.parent}; "
+                          "image paths are relative to the JSONL file and stay below its folder")
+    image_path = s.image_path(jsonl)
+    if not image_path.is_file():
+        raise SampleError(where, "image", f"file not found: {image_path}")
+    if not decode:
+        return
+    try:
+        w, h = load_image(image_path, max_pixels).size
+    except ImageError as e:
+        raise SampleError(where, "image", str(e)) from e
+    for i, (x1, y1, x2, y2) in enumerate(s.evidence_boxes):
+        if x2 > w or y2 > h:
+            raise SampleError(where, f"evidence_boxes[{i}]", f"{[x1, y1, x2, y2]} reaches outside the "
+                              f"{w}x{h} image; boxes are pixels of the original image")
 
 
 def load_hf_dataset(path: str | Path, on_error: str = "fail"):
@@ -147,14 +188,20 @@ def _iter_parquet(src: Path) -> Iterator[tuple[str, dict]]:
 
     files = [src] if src.is_file() else sorted(src.rglob("*.parquet"))
     for f in files:
-        table = pq.read_table(f)
+        try:
+            table = pq.read_table(f)
+        except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+            raise ConvertError(str(f), f"not a readable parquet file ({e}); re-download or re-export it") from e
         for i, row in enumerate(table.to_pylist()):
             yield f"{f}:row {i}", row
 
 
 def _iter_jsonl_records(src: Path) -> Iterator[tuple[str, dict]]:
-    for lineno, line in iter_jsonl(src):
+    for lineno, line in iter_jsonl_lines(src):
         where = f"{src}:{lineno}"
+        if isinstance(line, SampleError):
+            yield where, {"__error__": str(line).split(": ", 1)[1]}
+            continue
         try:
             yield where, json.loads(line)
         except json.JSONDecodeError as e:
@@ -166,6 +213,8 @@ def _iter_json(src: Path) -> Iterator[tuple[str, dict]]:
         data = json.loads(src.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ConvertError(f"{src}:{e.lineno}", f"invalid JSON ({e.msg})") from e
+    except UnicodeDecodeError as e:
+        raise ConvertError(str(src), f"byte {e.start} is not UTF-8; re-save the file as UTF-8") from e
     records = data.get("data", data.get("annotations")) if isinstance(data, dict) else data
     if not isinstance(records, list):
         raise ConvertError(str(src), "expected a list of records or {\"data\": [...]}")
@@ -188,8 +237,11 @@ def _image_dest(source: Any, base: Path, fmt: str) -> tuple[str, Path | bytes]:
         source.save(buf, format="PNG")
         source = buf.getvalue()
     if isinstance(source, bytes):
-        with Image.open(io.BytesIO(source)) as im:
-            ext = (im.format or "png").lower().replace("jpeg", "jpg")
+        try:
+            with Image.open(io.BytesIO(source)) as im:
+                ext = (im.format or "png").lower().replace("jpeg", "jpg")
+        except (OSError, SyntaxError, ValueError) as e:
+            raise RecordError("image", f"bytes that are not a readable image ({type(e).__name__}: {e})") from e
         return f"{hashlib.sha1(source).hexdigest()[:16]}.{ext}", source
     if isinstance(source, str):
         for sub in IMAGE_DIRS[fmt]:
@@ -209,11 +261,10 @@ def _write_image(name: str, data: Path | bytes, images_dir: Path) -> str:
         else:
             shutil.copyfile(data, dest)
     try:
-        with Image.open(dest) as im:
-            im.verify()
-    except Exception as e:  # noqa: BLE001 - any decoder error means an unusable image
+        load_image(dest)  # a full decode: verify() misses truncated pixel data
+    except ImageError as e:
         dest.unlink(missing_ok=True)
-        raise RecordError("image", f"not a readable image ({type(e).__name__}: {e})") from e
+        raise RecordError("image", str(e)) from e
     return f"images/{name}"
 
 

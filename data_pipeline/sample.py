@@ -13,6 +13,7 @@ Reading is strict: each problem raises ``SampleError`` naming ``file:line`` and 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,11 +121,11 @@ def _boxes(value: Any, where: str) -> tuple[tuple[float, float, float, float], .
     boxes = []
     for i, box in enumerate(value):
         ok = isinstance(box, list) and len(box) == 4
-        ok = ok and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)
+        ok = ok and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box)
         if not ok or box[2] <= box[0] or box[3] <= box[1] or min(box) < 0:
             raise SampleError(
-                where, f"evidence_boxes[{i}]", f"must be [x1, y1, x2, y2] with x2 > x1 >= 0 and "
-                f"y2 > y1 >= 0 (pixels), got {box!r}"
+                where, f"evidence_boxes[{i}]", f"must be [x1, y1, x2, y2] of finite numbers with "
+                f"x2 > x1 >= 0 and y2 > y1 >= 0 (pixels), got {box!r}"
             )
         boxes.append((box[0], box[1], box[2], box[3]))
     return tuple(boxes)
@@ -148,12 +149,29 @@ def _meta(value: Any, where: str) -> dict[str, Any]:
     return dict(value or {})
 
 
-def iter_jsonl(path: str | Path) -> Iterator[tuple[int, str]]:
-    """(line number, text) of each non-blank line of a JSONL file, 1-based."""
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+def iter_jsonl_lines(path: str | Path) -> Iterator[tuple[int, str | SampleError]]:
+    """(line number, text) of each non-blank line of a JSONL file, 1-based; a line that is not
+    UTF-8 comes as a SampleError naming ``file:line`` and the byte, so a reader can skip it."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield lineno, SampleError(f"{path}:{lineno}", "<line>", (
+                    f"byte {raw[e.start]:#04x} at column {e.start + 1} is not UTF-8; "
+                    "re-save the file as UTF-8"))
+                continue
             if line.strip():
                 yield lineno, line
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each non-blank line of a JSONL file, 1-based; raises SampleError
+    (``file:line``) at a line that is not UTF-8."""
+    for lineno, line in iter_jsonl_lines(path):
+        if isinstance(line, SampleError):
+            raise line
+        yield lineno, line
 
 
 def parse_line(line: str, where: str) -> Sample:
