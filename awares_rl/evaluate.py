@@ -30,12 +30,12 @@ from rich.table import Table
 
 from awares_rl.config import RecipeConfig, load_recipe
 from awares_rl.crops import low_res_view, retained_token_ratio
-from awares_rl.images import load_image
+from awares_rl.images import ImageError, load_image
 from awares_rl.rollout import EpisodeRunner, EpisodeSettings, SamplingConfig, make_engine
 from awares_rl.rollout.engine import GenRequest
 from awares_rl.tokens import IMAGE_TOKEN, image_token_counts
 from data_pipeline.grounding import vqa_prompt_ids
-from data_pipeline.sample import Sample, iter_jsonl
+from data_pipeline.sample import Sample, SampleError, iter_jsonl
 from data_pipeline.trajectories import Trajectory
 from reward.judges import BENCHMARK_JUDGES
 from reward.scoring import run_judge
@@ -66,14 +66,24 @@ class Prediction:
     tool_call: str = "none"  # none | valid | invalid:<reason> (policy mode)
     score: float = 0.0
     correct: bool = False
+    error: str | None = None  # why the sample could not be asked (its image): flagged, scored 0
+
+
+def flagged(sample_id: str, reason: str) -> Prediction:
+    """The prediction of a sample that could not be asked: no answer, wrong, ``error`` = reason."""
+    return Prediction(sample_id, None, 0, 0, float("nan"), 0.0, error=reason)
 
 
 def read_items(path: str | Path) -> list[EvalItem]:
     """Sample JSONL or trajectory JSONL (then ``needs_crop`` / ``crop_ids`` are the labels)."""
     items = []
     for lineno, line in iter_jsonl(path):
-        obj, where = json.loads(line), f"{path}:{lineno}"
-        if "turns" in obj:
+        where = f"{path}:{lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise SampleError(where, "<line>", f"invalid JSON ({e.msg} at column {e.colno})") from e
+        if isinstance(obj, dict) and "turns" in obj:
             t = Trajectory.from_json(obj, where)
             s = Sample(t.id, t.image, t.question, t.answers, metric=t.metric, needs_high_res=t.needs_high_res)
             items.append(EvalItem(s, t.needs_crop, list(t.crop_ids)))
@@ -140,8 +150,20 @@ def _policy(engine, processor, items: list[EvalItem], images: list[Image.Image],
     return preds
 
 
+def _load_batch(batch: list[EvalItem], root: Path, max_pixels: int) -> list[Image.Image | ImageError]:
+    """Each item's image, or the ImageError that names its file and problem."""
+    out: list[Image.Image | ImageError] = []
+    for it in batch:
+        try:
+            out.append(load_image(root / it.sample.image, max_pixels))
+        except ImageError as e:
+            out.append(e)
+    return out
+
+
 def run_mode(engine, processor, items: list[EvalItem], root: Path, mode: str, cfg: RecipeConfig) -> list[Prediction]:
-    """Predictions of ``mode`` for all items, in batches of ``eval.batch_size``."""
+    """Predictions of ``mode`` for all items, in batches of ``eval.batch_size``, in item order; an
+    item whose image cannot be used gets a ``flagged`` prediction and the rest goes on."""
     if mode not in MODES:
         raise ValueError(f"unknown eval mode {mode!r}; choose from {MODES}")
     sampling = SamplingConfig(temperature=0.0, max_new_tokens=cfg.eval.max_new_tokens)
@@ -150,12 +172,18 @@ def run_mode(engine, processor, items: list[EvalItem], root: Path, mode: str, cf
     preds: list[Prediction] = []
     for i in range(0, len(items), cfg.eval.batch_size):
         batch = items[i:i + cfg.eval.batch_size]
-        images = [load_image(root / it.sample.image, cfg.data.max_image_pixels) for it in batch]
-        if mode == "policy":
-            preds += _policy(engine, processor, batch, images, sampling, settings)
-        else:
+        loaded = _load_batch(batch, root, cfg.data.max_image_pixels)
+        ok = [(it, im) for it, im in zip(batch, loaded) if not isinstance(im, ImageError)]
+        got: list[Prediction] = []
+        if ok and mode == "policy":
+            got = _policy(engine, processor, [it for it, _ in ok], [im for _, im in ok], sampling, settings)
+        elif ok:
             view = "full" if mode == "full" else "low"  # grounding asks at low res
-            preds += _single_turn(engine, processor, batch, images, view, sampling, cfg.rollout.low_res_scale)
+            got = _single_turn(engine, processor, [it for it, _ in ok], [im for _, im in ok], view, sampling,
+                               cfg.rollout.low_res_scale)
+        answered = iter(got)
+        preds += [flagged(it.sample.id, f"image: {im}") if isinstance(im, ImageError) else next(answered)
+                  for it, im in zip(batch, loaded)]
     return preds
 
 
@@ -185,22 +213,24 @@ def summarize(preds: list[Prediction], items: list[EvalItem], mode: str = "polic
     by_metric: dict[str, list[bool]] = defaultdict(list)
     for p, it in zip(preds, items):
         by_metric[it.sample.metric or "exact"].append(p.correct)
+    asked = [p for p in preds if p.error is None]  # costs of the samples that ran; flagged count as wrong
     out = {
         "n": len(preds),
+        "flagged": len(preds) - len(asked),
         "accuracy": 100 * _mean([float(p.correct) for p in preds]),
         "score": _mean([p.score for p in preds]),
         "by_metric": {m: {"accuracy": 100 * _mean([float(c) for c in v]), "n": len(v)} for m, v in sorted(by_metric.items())},
-        "rtr": _mean([p.rtr for p in preds]),
-        "visual_tokens": _mean([float(p.visual_tokens) for p in preds]),
-        "visual_token_ratio": _mean([p.visual_tokens / max(p.full_visual_tokens, 1) for p in preds]),
-        "seconds_per_sample": _mean([p.seconds for p in preds]),
+        "rtr": _mean([p.rtr for p in asked]),
+        "visual_tokens": _mean([float(p.visual_tokens) for p in asked]),
+        "visual_token_ratio": _mean([p.visual_tokens / max(p.full_visual_tokens, 1) for p in asked]),
+        "seconds_per_sample": _mean([p.seconds for p in asked]),
     }
     if mode != "policy":
         return out
-    out["crop_rate"] = 100 * _mean([float(bool(p.crop_ids)) for p in preds])
+    out["crop_rate"] = 100 * _mean([float(bool(p.crop_ids)) for p in asked])
     calls = [p for p in preds if p.tool_call != "none"]
     out["tool_call_validity"] = 100 * _mean([float(p.tool_call == "valid") for p in calls]) if calls else None
-    labelled = [(p, it) for p, it in zip(preds, items) if it.needs_crop is not None]
+    labelled = [(p, it) for p, it in zip(preds, items) if it.needs_crop is not None and p.error is None]
     if labelled:
         out["crop_decision_accuracy"] = 100 * _mean([float(bool(p.crop_ids) == it.needs_crop) for p, it in labelled])
         needed = [(set(p.crop_ids), set(it.crop_ids)) for p, it in labelled if it.needs_crop and it.crop_ids]
@@ -214,7 +244,7 @@ def crop_jaccard(policy: set[int], label: set[int]) -> float:
 
 
 ROWS = (  # (label, summary key, format)
-    ("samples", "n", "d"), ("accuracy %", "accuracy", ".1f"), ("judge score", "score", ".3f"),
+    ("samples", "n", "d"), ("flagged (unreadable image)", "flagged", "d"), ("accuracy %", "accuracy", ".1f"), ("judge score", "score", ".3f"),
     ("RTR (paper)", "rtr", ".3f"), ("visual tokens", "visual_tokens", ".1f"),
     ("visual tokens / full", "visual_token_ratio", ".3f"), ("seconds / sample", "seconds_per_sample", ".3f"),
     ("crop rate %", "crop_rate", ".1f"), ("valid tool calls %", "tool_call_validity", ".1f"),
