@@ -24,6 +24,7 @@ stage goes to ``RunPaths.model(stage)``. Writers on several nodes need a shared 
 from __future__ import annotations
 
 import json
+import logging
 import random
 import shutil
 from collections.abc import Collection
@@ -33,6 +34,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
 
 STATE_DIR = "trainer_state"
 STATE_FILE = "state.json"
@@ -76,10 +79,41 @@ def mark_incomplete(ckpt: str | Path) -> None:
 
 
 def read_state(ckpt: str | Path) -> TrainerState:
+    """The TrainerState of a complete checkpoint; CheckpointFormatError if ``state.json`` does
+    not parse (e.g. cut short by a full disk), FileNotFoundError if it is missing."""
     path = state_dir(ckpt) / STATE_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{ckpt} is not a complete checkpoint ({path} is missing)")
-    return TrainerState(**json.loads(path.read_text()))
+    data = read_json(path)
+    try:
+        state = TrainerState(**data)
+    except TypeError as e:
+        raise CheckpointFormatError(f"{path}: not a trainer state ({e}); {SAFE_FORMAT_HELP}") from e
+    if not all(isinstance(v, int) and v >= 0 for v in (state.step, state.policy_version, state.samples_seen)):
+        raise CheckpointFormatError(f"{path}: step, policy_version and samples_seen must be counts; {SAFE_FORMAT_HELP}")
+    return state
+
+
+def checkpoint_problem(ckpt: str | Path) -> str | None:
+    """Why resume cannot use ``ckpt`` (no or a broken ``state.json``, a truncated or unreadable
+    ``*.safetensors``), or None. Reads headers only: safetensors checks that the file covers
+    every tensor its header lists."""
+    from safetensors import safe_open
+
+    try:
+        read_state(ckpt)
+    except (FileNotFoundError, CheckpointFormatError) as e:
+        return str(e)
+    files = sorted(Path(ckpt).glob("*.safetensors")) + sorted(state_dir(ckpt).glob("*.safetensors"))
+    if not any(f.parent == Path(ckpt) for f in files):
+        return f"{ckpt}: no model *.safetensors"
+    for f in files:
+        try:
+            with safe_open(str(f), framework="pt"):
+                pass
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+            return f"{f}: unreadable ({e})"
+    return None
 
 
 def refuse_legacy_state(ckpt: str | Path) -> None:
@@ -236,10 +270,37 @@ def step_dir(root: str | Path, step: int) -> Path:
     return Path(root) / f"step_{step:07d}"
 
 
+def _step_of(path: Path) -> int | None:
+    suffix = path.name.split("_", 1)[1] if "_" in path.name else ""
+    return int(suffix) if suffix.isascii() and suffix.isdigit() else None
+
+
 def latest_checkpoint(root: str | Path) -> Path | None:
-    """The complete ``step_*`` checkpoint under ``root`` with the highest step, if any."""
-    done = [p for p in Path(root).glob("step_*") if p.is_dir() and is_complete(p)]
-    return max(done, key=lambda p: int(p.name.split("_")[1]), default=None)
+    """The newest ``step_*`` checkpoint under ``root`` that resume can read, if any; each newer
+    one that it cannot (incomplete, truncated, unreadable) is skipped with a warning naming it."""
+    steps = [p for p in Path(root).glob("step_*") if p.is_dir() and _step_of(p) is not None]
+    for ckpt in sorted(steps, key=_step_of, reverse=True):
+        problem = checkpoint_problem(ckpt)
+        if problem is None:
+            return ckpt
+        log.warning("skipping checkpoint %s: %s", ckpt, problem)
+    return None
+
+
+def refuse_fresh_start(metrics: str | Path, ckpt_root: str | Path, stage: str) -> None:
+    """ConfigError if a run about to start from step 0 would log over the steps an earlier run
+    logged to ``metrics`` (no checkpoint under ``ckpt_root`` that resume can read): a run never
+    silently restarts and rewrites its history."""
+    from awares_rl.config_io import ConfigError
+
+    metrics = Path(metrics)
+    rows = metrics.read_text(errors="replace").count("\n") if metrics.is_file() else 0
+    if rows:
+        raise ConfigError(
+            f"{metrics} holds {rows} logged rows of an earlier {stage} run, but {ckpt_root} has no "
+            f"checkpoint resume can read (see the warnings above), so this run would restart from step 0 "
+            f"over them. To start fresh, delete {metrics.parent} (or set run.name to a new run); to keep "
+            f"going, restore a complete checkpoint (set {stage}.save_every > 0 so runs leave some)")
 
 
 def prune_checkpoints(root: str | Path, keep: int) -> list[Path]:

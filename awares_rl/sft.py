@@ -19,7 +19,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from awares_rl.checkpoint import TrainerState, latest_checkpoint, prune_checkpoints, step_dir
+from awares_rl.checkpoint import (
+    TrainerState,
+    latest_checkpoint,
+    prune_checkpoints,
+    refuse_fresh_start,
+    step_dir,
+)
 from awares_rl.config import RecipeConfig, load_recipe
 from awares_rl.config_io import ConfigError
 from awares_rl.learner.batch import TokenSequence, trajectory_to_sequence
@@ -95,6 +101,8 @@ class SFTTrainer:
     def fit(self) -> Path:
         s = self.cfg.sft
         resume = latest_checkpoint(self.ckpt_root) if s.resume else None
+        if resume is None:
+            refuse_fresh_start(self.out_dir / "metrics.jsonl", self.ckpt_root, "sft")
         group = learner_group(self.cfg, resume or self.model_dir)
         state = group.call("load_state", str(resume))[0] if resume else TrainerState()
         truncate_metrics(self.out_dir, state.step)  # rows a killed run logged after its checkpoint

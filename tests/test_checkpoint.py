@@ -59,6 +59,7 @@ def test_checkpoint_dir_loads_in_transformers(tiny_dir, tmp_path):
 def test_latest_and_prune(tmp_path):
     for step in (1, 2, 3):
         ckpt.write_state(ckpt.step_dir(tmp_path, step), ckpt.TrainerState(step=step))
+        ckpt.save_safetensors(ckpt.step_dir(tmp_path, step) / "model.safetensors", {"w": torch.zeros(2)}, {})
     ckpt.step_dir(tmp_path, 4).mkdir()  # interrupted while saving: no state.json
     assert ckpt.latest_checkpoint(tmp_path) == ckpt.step_dir(tmp_path, 3)
     ckpt.prune_checkpoints(tmp_path, keep=2)
