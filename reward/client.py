@@ -4,7 +4,7 @@
         parts = client.score_episodes(episodes)
 
 Network errors and 429/502/503 are retried ``max_retries`` times (waits ``backoff_s * 2**k``,
-capped at 8x); 401/403/413/422/500/504 are not (the same request would fail again) and raise
+capped at 8x); 401/403/408/413/422/500/504 are not (the same request would fail again) and raise
 :class:`RewardClientError` saying what to change.
 """
 
@@ -25,6 +25,7 @@ RETRY_STATUS = frozenset({429, 502, 503})
 _HINTS = {
     401: "the server wants a bearer token: set AWARES_REWARD_TOKEN (or pass token=)",
     403: "the server refused the token: use the token the server was started with",
+    408: "the server did not receive the whole body within reward.body_timeout_s",
     413: "the request body is too large: send fewer items a request",
     422: "the request does not match the schema",
     504: "scoring timed out on the server: send fewer items or raise reward.request_timeout_s",

@@ -42,7 +42,10 @@ class RewardConfig:
     llm_model: str = ""  # served model name; "" = the endpoint's first /v1/models entry
     llm_api_key_env: str | None = "OPENAI_API_KEY"  # env var holding the key (unset = no key)
     llm_prompt_template: str = DEFAULT_PROMPT  # needs {prediction} and {references}
-    llm_timeout_s: float = 30.0  # per request try
+    llm_timeout_s: float = 30.0  # bound on each network wait of a try (connect, each read)
+    # wall-clock bound on one llm_judge call (model lookup, every item, retries, backoff): a reply
+    # dripping a byte a second resets llm_timeout_s per byte, not this; past it -> fallback or 502
+    llm_deadline_s: float = 60.0
     llm_max_retries: int = 2  # retries after the first try (network errors, 429, 5xx)
     llm_fallback: str | None = None  # judge used when the endpoint is down (None: raise)
     num_workers: int = 1  # RewardService Ray actors in the pool
@@ -53,6 +56,11 @@ class RewardConfig:
     token_env: str = _DEFAULT_TOKEN_ENV  # env var with the bearer token the HTTP front requires
     max_body_bytes: int = 8 * 1024 * 1024  # larger request bodies get 413
     request_timeout_s: float = 120.0  # scoring slower than this gets 504
+    body_timeout_s: float = 10.0  # a request body not in full this long after its headers: 408
+    # connections open at once; a request on one beyond this gets 503 (uvicorn limit_concurrency)
+    max_connections: int = 64
+    # a connection that sends no request this long after connecting or after a response is closed
+    keep_alive_s: float = 5.0
 
     def __post_init__(self) -> None:
         for name in (
@@ -64,6 +72,8 @@ class RewardConfig:
             "request_timeout_s",
         ):
             self._require(getattr(self, name) >= 0, name, "must be >= 0")
+        for name in ("llm_deadline_s", "body_timeout_s", "keep_alive_s"):
+            self._require(getattr(self, name) > 0, name, "must be > 0 (seconds)")
         self._require(self.format_penalty <= 0, "format_penalty", "must be <= 0 (it is a penalty)")
         self._require(
             self.alpha_miss > self.alpha_use + self.lam,
@@ -72,7 +82,7 @@ class RewardConfig:
             "crop costs more than one unneeded crop; raise alpha_miss or lower alpha_use/lam",
         )
         self._check_judges()
-        for name in ("num_workers", "batch_size", "max_body_bytes"):
+        for name in ("num_workers", "batch_size", "max_body_bytes", "max_connections"):
             self._require(getattr(self, name) >= 1, name, "must be >= 1")
         self._require(self.cpus_per_worker > 0, "cpus_per_worker", "must be > 0")
         self._require(self.llm_max_retries >= 0, "llm_max_retries", "must be >= 0")

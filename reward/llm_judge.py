@@ -2,27 +2,31 @@
 
 Each prediction is one request (``temperature=0``) built from ``prompt_template``; the reply is
 parsed to a score in [0, 1] by :func:`parse_judge_score`. Network failures and HTTP 429/5xx are
-retried ``max_retries`` times with exponential backoff, each try bounded by ``timeout_s``. Once
-one item exhausts its retries the endpoint counts as down: the remaining items of the batch are
-not sent, and the whole batch raises :class:`LLMJudgeError` or, when a ``fallback`` judge is
+retried ``max_retries`` times with exponential backoff; ``timeout_s`` bounds each network wait
+(connect, each read), and ``deadline_s`` bounds the whole call in wall-clock time (a reply that
+drips one byte a second resets ``timeout_s`` on every byte, but not the deadline). Once one item
+exhausts its retries, or the deadline passes, the endpoint counts as down: the remaining requests
+are cancelled, and the whole batch raises :class:`LLMJudgeError` or, when a ``fallback`` judge is
 given, is scored by it (logged, and named in the per-item sources). Never hangs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
-import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import httpx
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from reward.validate import check_batch
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DEFAULT_PROMPT = (
     "You grade answers to questions about an image.\n"
@@ -41,6 +45,10 @@ _POSITIVE = {"yes", "true", "correct", "right"}
 
 class LLMJudgeError(RuntimeError):
     """The judge endpoint failed (down, slow, or refused) after the bounded retries."""
+
+
+class LLMJudgeDeadlineError(LLMJudgeError):
+    """The judge call ran past its wall-clock deadline (its requests were cancelled)."""
 
 
 def _ratio(value: str, denominator: str | None) -> float | None:
@@ -77,66 +85,125 @@ def _retryable(exc: BaseException) -> bool:
 
 
 class _Endpoint:
-    """One chat-completions endpoint with bounded retries and a shared "it is down" flag."""
+    """One chat-completions endpoint: bounded retries, at most ``max_concurrency`` requests in
+    flight, and a shared "it is down" flag that stops the requests not yet sent."""
 
     def __init__(
         self,
-        client: httpx.Client,
+        client: httpx.AsyncClient,
         base_url: str,
         max_retries: int,
         backoff_s: float,
         max_tokens: int,
         extra_body: dict | None,
+        max_concurrency: int,
     ) -> None:
         self.client, self.url = client, base_url.rstrip("/")
         self.attempts, self.backoff_s = max_retries + 1, backoff_s
         self.body = {"temperature": 0.0, "max_tokens": max_tokens, **(extra_body or {})}
-        self.down = threading.Event()
+        self.slots = asyncio.Semaphore(max_concurrency)
+        self.down = False
         self.error: BaseException | None = None
         self.model = ""
+        self.replies = 0  # chat completions answered so far (the deadline error reports it)
 
-    def _call(self, fn: Callable[[], str]) -> str:
-        if self.down.is_set():
-            raise LLMJudgeError("endpoint already marked down in this batch")
-        retrying = Retrying(
+    async def _call(self, fn: Callable[..., Awaitable[str]], *args: str) -> str:
+        retrying = AsyncRetrying(
             stop=stop_after_attempt(self.attempts),
             reraise=True,
             retry=retry_if_exception(_retryable),
             wait=wait_exponential(multiplier=self.backoff_s, max=8 * self.backoff_s),
         )
-        try:
-            return retrying(fn)
-        except (httpx.HTTPError, KeyError, IndexError, TypeError, ValueError) as e:
-            self.error = e
-            self.down.set()
-            raise LLMJudgeError(str(e)) from e
+        async with self.slots:
+            if self.down:
+                raise LLMJudgeError("endpoint already marked down in this batch")
+            try:
+                return await retrying(fn, *args)
+            except (httpx.HTTPError, KeyError, IndexError, TypeError, ValueError) as e:
+                self.error, self.down = e, True
+                raise LLMJudgeError(str(e)) from e
 
-    def _first_model_once(self) -> str:
-        r = self.client.get(f"{self.url}/models")
+    async def _first_model_once(self) -> str:
+        r = await self.client.get(f"{self.url}/models")
         r.raise_for_status()
         return r.json()["data"][0]["id"]
 
-    def first_model(self) -> str:
-        return self._call(self._first_model_once)
+    async def first_model(self) -> str:
+        return await self._call(self._first_model_once)
 
-    def _chat_once(self, prompt: str) -> str:
+    async def _chat_once(self, prompt: str) -> str:
         messages = [{"role": "user", "content": prompt}]
-        r = self.client.post(
+        r = await self.client.post(
             f"{self.url}/chat/completions",
             json={"model": self.model, "messages": messages, **self.body},
         )
         r.raise_for_status()
-        return r.json()["choices"][0]["message"]["content"] or ""
+        reply = r.json()["choices"][0]["message"]["content"] or ""
+        self.replies += 1
+        return reply
 
-    def chat(self, prompt: str) -> str:
-        return self._call(lambda: self._chat_once(prompt))
+    async def chat(self, prompt: str) -> str:
+        return await self._call(self._chat_once, prompt)
 
 
-def _down_message(url: str, attempts: int, timeout_s: float, error: BaseException | None) -> str:
+async def _gather_or_cancel(coros: Sequence[Coroutine[Any, Any, T]]) -> list[T]:
+    """``asyncio.gather`` that cancels (and awaits) the other tasks once one fails."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _ask_all(
+    endpoint: _Endpoint, model: str, prompts: list[str], deadline_s: float
+) -> list[str]:
+    """Every prompt's reply, the whole exchange (model lookup, retries, backoff) within
+    ``deadline_s`` of wall-clock time; past it raises LLMJudgeDeadlineError."""
+
+    async def ask() -> list[str]:
+        endpoint.model = model or await endpoint.first_model()
+        return await _gather_or_cancel([endpoint.chat(p) for p in prompts])
+
+    try:
+        async with endpoint.client:
+            return await asyncio.wait_for(ask(), deadline_s)
+    except asyncio.TimeoutError:
+        waited = (
+            f"GET {endpoint.url}/models"
+            if not endpoint.model
+            else (
+                f"POST {endpoint.url}/chat/completions ({endpoint.replies}/{len(prompts)} replies in)"
+            )
+        )
+        error = LLMJudgeDeadlineError(
+            f"no answer within deadline_s = {deadline_s:g} s, waiting for {waited}"
+        )
+        endpoint.error, endpoint.down = error, True
+        raise error from None
+
+
+def _run_blocking(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` to completion from sync code (in a helper thread if this thread already runs
+    an event loop)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with ThreadPoolExecutor(1, thread_name_prefix="llm-judge") as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+def _down_message(
+    url: str, attempts: int, timeout_s: float, deadline_s: float, error: BaseException | None
+) -> str:
     return (
-        f"LLM judge at {url} failed (at most {attempts} attempt(s) of {timeout_s:g} s each) "
-        f"({type(error).__name__}: {error}); start the endpoint (e.g. `vllm serve MODEL`), fix "
-        "reward.llm_base_url, or set reward.llm_fallback to a local judge"
+        f"LLM judge at {url} failed (at most {attempts} attempt(s), each network wait bounded by "
+        f"{timeout_s:g} s, the whole call by {deadline_s:g} s) ({type(error).__name__}: {error}); "
+        "start the endpoint (e.g. `vllm serve MODEL`), fix reward.llm_base_url, raise "
+        "reward.llm_deadline_s, or set reward.llm_fallback to a local judge"
     )
 
 
@@ -155,12 +222,14 @@ def llm_judge_with_sources(
     max_concurrency: int = 8,
     max_tokens: int = 16,
     extra_body: dict | None = None,
+    deadline_s: float = 60.0,
 ) -> tuple[list[float], list[str]]:
     """Scores and, per item, the judge that produced each (``"llm_judge"`` or the fallback's).
 
     ``model=""`` asks the endpoint's ``/models`` for its first model. ``fallback`` (a judge
-    function) scores the batch when the endpoint is down, and items whose reply is unreadable;
-    without it, a down endpoint raises LLMJudgeError and an unreadable reply scores 0.0 (logged).
+    function) scores the batch when the endpoint is down or past ``deadline_s``, and items whose
+    reply is unreadable; without it, a down endpoint raises LLMJudgeError (LLMJudgeDeadlineError
+    past the deadline) and an unreadable reply scores 0.0 (logged).
     """
     check_batch(predictions, references)
     if not predictions:
@@ -171,25 +240,24 @@ def llm_judge_with_sources(
     ]
     key = os.environ.get(api_key_env) if api_key_env else None
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    with httpx.Client(timeout=timeout_s, headers=headers) as client:
-        endpoint = _Endpoint(client, base_url, max_retries, backoff_s, max_tokens, extra_body)
-        try:
-            endpoint.model = model or endpoint.first_model()
-            with ThreadPoolExecutor(min(max_concurrency, len(prompts))) as pool:
-                replies = list(pool.map(endpoint.chat, prompts))
-        except LLMJudgeError as e:
-            message = _down_message(base_url, max_retries + 1, timeout_s, endpoint.error or e)
-            if fallback is None:
-                raise LLMJudgeError(message) from e
-            log.warning(
-                "%s; scoring %d item(s) with fallback judge %s",
-                message,
-                len(prompts),
-                fallback_name,
-            )
-            return fallback(predictions, references), [f"{fallback_name} (llm_judge down)"] * len(
-                prompts
-            )
+    client = httpx.AsyncClient(timeout=timeout_s, headers=headers)
+    endpoint = _Endpoint(
+        client, base_url, max_retries, backoff_s, max_tokens, extra_body, max_concurrency
+    )
+    try:
+        replies = _run_blocking(_ask_all(endpoint, model, prompts, deadline_s))
+    except LLMJudgeError as e:
+        message = _down_message(
+            base_url, max_retries + 1, timeout_s, deadline_s, endpoint.error or e
+        )
+        if fallback is None:
+            raise type(e)(message) from e
+        log.warning(
+            "%s; scoring %d item(s) with fallback judge %s", message, len(prompts), fallback_name
+        )
+        return fallback(predictions, references), [f"{fallback_name} (llm_judge down)"] * len(
+            prompts
+        )
     return _read_replies(replies, predictions, references, fallback, fallback_name)
 
 

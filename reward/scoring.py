@@ -17,6 +17,7 @@ from reward.judges import get_judge
 from reward.llm_judge import llm_judge_with_sources
 
 NO_ANSWER = "none (no final answer)"
+REMOTE_JUDGES = frozenset({"llm_judge"})  # judges that wait on a network endpoint
 _NONE = type(None)
 _OPTIONAL_TYPES = {
     "prediction": (str, _NONE),
@@ -100,10 +101,19 @@ def judge_kwargs(name: str, cfg: RewardConfig) -> dict:
         "api_key_env": cfg.llm_api_key_env,
         "prompt_template": cfg.llm_prompt_template,
         "timeout_s": cfg.llm_timeout_s,
+        "deadline_s": cfg.llm_deadline_s,
         "max_retries": cfg.llm_max_retries,
         "fallback": fallback,
         "fallback_name": cfg.llm_fallback or "fallback",
     }
+
+
+def uses_remote_judge(requests: Sequence[RewardRequest], cfg: RewardConfig) -> bool:
+    """Whether scoring ``requests`` calls a remote judge (one that waits on the network), so the
+    HTTP front can keep such batches off the threads that serve the local judges."""
+    return any(
+        cfg.judge_for(r.metric) in REMOTE_JUDGES for r in requests if r.prediction is not None
+    )
 
 
 def run_judge(
