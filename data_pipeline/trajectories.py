@@ -45,6 +45,7 @@ from rich.console import Console
 from tqdm import tqdm
 
 from awares_rl.crops import boxes_to_crops, low_res_view
+from awares_rl.images import DEFAULT_MAX_PIXELS
 from awares_rl.protocol import ToolCallError, format_tool_call, parse_tool_call
 from data_pipeline.grounding import (
     DEFAULT_GROUNDING_PROMPT,
@@ -325,9 +326,10 @@ class TrajectoryBuilder:
         return out
 
     def process(self, samples: Sequence[Sample], root: str | Path, out_dir: str | Path | None = None,
-                split: str | None = None) -> list[Trajectory | Skipped]:
+                split: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Trajectory | Skipped]:
         """One result per sample, in order. ``root``: the samples' JSONL folder; ``out_dir``: the
-        folder image paths are made relative to (default ``root``)."""
+        folder image paths are made relative to (default ``root``); an image over ``max_pixels``
+        (data.max_image_pixels) or unreadable is a Skipped with its reason."""
         from awares_rl.images import ImageError, load_image
 
         root = Path(root)
@@ -335,7 +337,7 @@ class TrajectoryBuilder:
         ok: list[tuple[Sample, Image.Image]] = []
         for s in samples:
             try:
-                ok.append((s, load_image(root / s.image)))
+                ok.append((s, load_image(root / s.image, max_pixels)))
             except ImageError as e:
                 results[s.id] = Skipped(s.id, f"image: {e}")
         questions = [s.question for s, _ in ok]
@@ -462,8 +464,9 @@ class TrajectoryWorker:
                  dist=None) -> None:
         self.builder = make_builder(model_dir, rollout, model, cfg, reward_cfg, seed)
 
-    def process_shard(self, shard: list[list[Sample]], root, out_dir, split) -> list[list[Trajectory | Skipped]]:
-        return [self.builder.process(batch, root, out_dir, split) for batch in shard]
+    def process_shard(self, shard: list[list[Sample]], root, out_dir, split,
+                      max_pixels: int = DEFAULT_MAX_PIXELS) -> list[list[Trajectory | Skipped]]:
+        return [self.builder.process(batch, root, out_dir, split, max_pixels) for batch in shard]
 
 
 def make_builder(model_dir: str | Path, rollout, model, cfg: TrajectoryConfig, reward_cfg, seed: int = 0) -> TrajectoryBuilder:
@@ -488,17 +491,18 @@ def engine_tokenizer(engine):
 
 
 def fan_out(group, num_workers: int, batches: list[list[Sample]], root, out_dir,
-            split) -> Iterator[list[Trajectory | Skipped]]:
+            split, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[list[Trajectory | Skipped]]:
     """Rounds of ``num_workers`` batches on an ``ActorGroup`` of TrajectoryWorkers, one batch per
     actor (an idle actor gets an empty one); results in batch order, so the file is the same."""
     for i in range(0, len(batches), num_workers):
         round_ = batches[i:i + num_workers]
         padded = round_ + [[]] * (num_workers - len(round_))
-        shards = group.call_split("process_shard", padded, root, out_dir, split)
+        shards = group.call_split("process_shard", padded, root, out_dir, split, max_pixels)
         yield from (r for shard in shards for r in shard)
 
 
-def ray_process(worker_args: tuple, num_workers: int, rollout, root, out_dir, split):
+def ray_process(worker_args: tuple, num_workers: int, rollout, root, out_dir, split,
+                max_pixels: int = DEFAULT_MAX_PIXELS):
     """A ``process`` for ``run_batches`` that starts the actors (Ray) and fans batches out."""
     import ray
 
@@ -510,7 +514,7 @@ def ray_process(worker_args: tuple, num_workers: int, rollout, root, out_dir, sp
         group = ActorGroup(TrajectoryWorker, num_workers, *worker_args,
                            cpus_per_actor=rollout.cpus_per_worker, gpus_per_actor=rollout.gpus_per_worker)
         try:
-            yield from fan_out(group, num_workers, batches, root, out_dir, split)
+            yield from fan_out(group, num_workers, batches, root, out_dir, split, max_pixels)
         finally:
             group.shutdown()
 
@@ -539,13 +543,15 @@ def trajectories_from_recipe(recipe: str | Path, overrides: Sequence[str] = (), 
     model_dir = Path(model_dir or rcfg.model.path or _base_model(rcfg))
     out = Path(out) if out else rcfg.run.dir / "trajectories" / f"{split}.jsonl"
     meta = {"model": str(model_dir.resolve()), "data": str(data_file.resolve())}
+    max_pixels = rcfg.data.max_image_pixels
     if cfg.num_workers > 1:
         args = (str(model_dir), rcfg.rollout, rcfg.model, cfg, rcfg.reward, rcfg.run.seed)
-        process = ray_process(args, cfg.num_workers, rcfg.rollout, data_file.parent, out.parent, split)
+        process = ray_process(args, cfg.num_workers, rcfg.rollout, data_file.parent, out.parent, split, max_pixels)
         run_batches(samples, cfg, process, out, limit, progress, meta)
     else:
         builder = builder or make_builder(model_dir, rcfg.rollout, rcfg.model, cfg, rcfg.reward, rcfg.run.seed)
-        run_batches(samples, cfg, lambda bs: (builder.process(b, data_file.parent, out.parent, split) for b in bs),
+        run_batches(samples, cfg, lambda bs: (builder.process(b, data_file.parent, out.parent, split, max_pixels)
+                                              for b in bs),
                     out, limit, progress, meta)
     from data_pipeline.trajectory_report import stats_table, write_report
 
