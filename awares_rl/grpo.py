@@ -23,7 +23,13 @@ import torch
 from tqdm import tqdm
 
 from awares_rl.algo import group_advantages
-from awares_rl.checkpoint import TrainerState, latest_checkpoint, prune_checkpoints, step_dir
+from awares_rl.checkpoint import (
+    TrainerState,
+    latest_checkpoint,
+    prune_checkpoints,
+    refuse_fresh_start,
+    step_dir,
+)
 from awares_rl.config import RecipeConfig, load_recipe
 from awares_rl.episode import Episode
 from awares_rl.learner.batch import TokenSequence, episode_to_sequence
@@ -130,7 +136,8 @@ class GRPOTrainer:
                              cpus_per_actor=lc.cpus_per_worker, gpus_per_actor=lc.gpus_per_worker,
                              in_process=not lc.use_ray)
         rollout = ActorGroup(RolloutWorker, rc.num_workers, rc, cfg.model, str(model_dir), cfg.run.seed,
-                             cpus_per_actor=rc.cpus_per_worker, gpus_per_actor=rc.gpus_per_worker)
+                             cpus_per_actor=rc.cpus_per_worker, gpus_per_actor=rc.gpus_per_worker,
+                             max_image_pixels=cfg.data.max_image_pixels)
         reference = None
         if g.kl_coef > 0:  # the frozen start (SFT) policy, scored by a learner that never steps
             reference = ActorGroup(LearnerWorker, 1, str(self.start_model), replace(lc, backend="torch", num_workers=1),
@@ -156,6 +163,8 @@ class GRPOTrainer:
     def fit(self) -> Path:
         g, G = self.cfg.grpo, self.cfg.rollout.group_size
         resume = latest_checkpoint(self.ckpt_root) if g.resume else None
+        if resume is None:
+            refuse_fresh_start(self.out_dir / "metrics.jsonl", self.ckpt_root, "grpo")
         learner, rollout, reference = self._groups(resume or self.start_model)
         state = learner.call("load_state", str(resume))[0] if resume else TrainerState()
         if resume:

@@ -14,6 +14,7 @@ import torch
 
 from awares_rl.config import ModelConfig, RolloutConfig
 from awares_rl.episode import Episode
+from awares_rl.images import DEFAULT_MAX_PIXELS
 from awares_rl.rollout import EpisodeRunner, EpisodeSettings, SamplingConfig, make_engine
 from cluster.actor_group import reap_group_on_exit
 
@@ -26,14 +27,15 @@ class RolloutWorker:
     """
 
     def __init__(self, rollout: RolloutConfig, model: ModelConfig, model_path: str, seed: int = 0,
-                 threads: int | None = None, dist=None) -> None:
+                 threads: int | None = None, dist=None, max_image_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         torch.set_num_threads(threads or max(1, int(rollout.cpus_per_worker)))
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(rollout.kv_cache_gib))
         self.reaper = reap_group_on_exit()  # vLLM's engine processes must not outlive a killed run
         self.cfg = rollout
         self.engine = make_engine(rollout, model, model_path, seed=seed)
         tokenizer = self.engine.processor.tokenizer if hasattr(self.engine, "processor") else self.engine.tokenizer
-        self.runner = EpisodeRunner(self.engine, tokenizer, EpisodeSettings(rollout.low_res_scale, rollout.max_crops))
+        settings = EpisodeSettings(rollout.low_res_scale, rollout.max_crops, max_image_pixels=max_image_pixels)
+        self.runner = EpisodeRunner(self.engine, tokenizer, settings)
         self.sampling = SamplingConfig(rollout.temperature, rollout.top_p, rollout.max_new_tokens)
 
     def run(self, samples: list, root: str, seed: int, group_size: int | None = None,
