@@ -71,6 +71,20 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"awares-rl: config error: {e}", file=sys.stderr)
         return 2
+    except input_errors() as e:  # a bad file: its message names it and the fix, no traceback
+        print(f"awares-rl: error: {e}", file=sys.stderr)
+        return 1
+
+
+def input_errors() -> tuple[type[Exception], ...]:
+    """The errors of bad user input (data, images, checkpoints), each naming the input and the fix."""
+    from awares_rl.checkpoint import CheckpointFormatError
+    from awares_rl.images import ImageError
+    from data_pipeline.datasets import ConvertError
+    from data_pipeline.sample import SampleError
+    from data_pipeline.trajectories import TrajectoryError
+
+    return SampleError, TrajectoryError, ImageError, CheckpointFormatError, ConvertError
 
 
 if __name__ == "__main__":

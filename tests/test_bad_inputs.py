@@ -381,7 +381,21 @@ def _eval_full(tmp: Path) -> list:
     return [preds, evaluate.summarize(preds, items, "full")]
 
 
+def _cli(*argv: str) -> tuple[int, str]:
+    from awares_rl.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(list(argv))
+    return code, err.getvalue()
+
+
 EVAL_CASES = [
+    Case("awares-rl eval on a bad JSONL line: exit 1 and the message, no traceback",
+         lambda t: _cli("eval", "--data", str(_jsonl(t, _row(), "{oops")), "--checkpoint", str(t)),
+         check=lambda r: r[0] == 1 and "s.jsonl:2" in r[1] and "Traceback" not in r[1]),
+    Case("awares-rl sft with sft.lr=nan: exit 2 naming the key", lambda t: _cli("sft", "sft.lr=nan"),
+         check=lambda r: r[0] == 2 and "sft.lr" in r[1] and "finite" in r[1]),
     Case("eval: a corrupt image is a flagged prediction, the rest goes on", _eval_full,
          check=lambda r: [p.sample_id for p in r[0]] == ["a", "b", "c"] and r[0][0].answer == "red"
          and r[0][1].answer is None and "bad.png" in r[0][1].error and r[1]["flagged"] == 1
