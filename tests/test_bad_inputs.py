@@ -394,7 +394,7 @@ EVAL_CASES = [
     Case("awares-rl eval on a bad JSONL line: exit 1 and the message, no traceback",
          lambda t: _cli("eval", "--data", str(_jsonl(t, _row(), "{oops")), "--checkpoint", str(t)),
          check=lambda r: r[0] == 1 and "s.jsonl:2" in r[1] and "Traceback" not in r[1]),
-    Case("awares-rl sft with sft.lr=nan: exit 2 naming the key", lambda t: _cli("sft", "sft.lr=nan"),
+    Case("awares-rl sft with sft.lr=nan: exit 2 naming the key", lambda t: _cli("sft", "--recipe", str(RECIPE), "sft.lr=nan"),
          check=lambda r: r[0] == 2 and "sft.lr" in r[1] and "finite" in r[1]),
     Case("eval: a corrupt image is a flagged prediction, the rest goes on", _eval_full,
          check=lambda r: [p.sample_id for p in r[0]] == ["a", "b", "c"] and r[0][0].answer == "red"
