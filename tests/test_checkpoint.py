@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 
 from awares_rl import checkpoint as ckpt
 from awares_rl.config import LearnerConfig, load_recipe
+from awares_rl.config_io import ConfigError
 from awares_rl.learner.worker import LearnerWorker, OptimSettings
 from awares_rl.models import load_processor
 from awares_rl.sft import SFTTrainer
@@ -90,3 +91,21 @@ def test_sft_fit_resumes_exactly(tiny_dir, tmp_path, monkeypatch):
     assert ckpt.read_state(resumed).samples_seen == ckpt.read_state(whole).samples_seen == 12
     a, b = load_file(whole / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sft_resumes_past_a_broken_checkpoint_and_never_restarts_over_its_metrics(tiny_dir, tmp_path, caplog):
+    """The newest checkpoint truncated: resume takes the one before it, with a warning naming it.
+    No readable checkpoint left but metrics logged: SFT refuses to start again from step 0."""
+    cfg = load_recipe(REPO / "recipes/tiny_cpu.yaml",
+                      sft_overrides(tmp_path, tiny_dir, steps=3, **{"sft.save_every": 1, "sft.val_every": 0}))
+    SFTTrainer(cfg).fit()
+    root = cfg.run.dir / "checkpoints" / "sft"
+    model = ckpt.step_dir(root, 2) / "model.safetensors"
+    model.write_bytes(model.read_bytes()[:1000])
+    with caplog.at_level("WARNING", logger="awares_rl.checkpoint"):
+        assert ckpt.latest_checkpoint(root) == ckpt.step_dir(root, 1)
+    assert f"skipping checkpoint {ckpt.step_dir(root, 2)}" in caplog.text
+    for step in (1, 2):
+        (ckpt.state_dir(ckpt.step_dir(root, step)) / ckpt.STATE_FILE).unlink()
+    with pytest.raises(ConfigError, match=r"sft/metrics.jsonl holds \d+ logged rows .* run.name"):
+        SFTTrainer(cfg).fit()
