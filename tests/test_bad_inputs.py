@@ -74,9 +74,9 @@ def _gradient(mode: str, size: tuple[int, int] = (120, 80)) -> Image.Image:
     return grey.convert(mode)
 
 
-def _save(tmp: Path, image: Image.Image, name: str) -> Path:
+def _save(tmp: Path, image: Image.Image, name: str, **params: Any) -> Path:
     path = tmp / name
-    image.save(path)
+    image.save(path, **params)
     return path
 
 
@@ -139,6 +139,12 @@ IMAGE_CASES = [
     Case("image mode CMYK loads as RGB colours",
          lambda t: load_image(_save(t, Image.new("CMYK", (120, 80), (0, 255, 255, 0)), "m.jpg")),
          check=lambda im: im.mode == "RGB" and im.getpixel((60, 40))[0] > 200 > 60 > im.getpixel((60, 40))[1]),
+    Case("image mode 1 (bilevel) loads as RGB",
+         lambda t: load_image(_save(t, _gradient("L").point(lambda v: 255 * (v > 127)).convert("1"), "m.png")),
+         check=lambda im: im.mode == "RGB" and _contrast(im) == 255),
+    Case("palette image with a transparent colour composites on white",
+         lambda t: load_image(_save(t, Image.new("P", (120, 80), 0), "m.png", transparency=0)),
+         check=lambda im: im.mode == "RGB" and im.getpixel((5, 5)) == (255, 255, 255)),
     Case("transparent RGBA composites on white",
          lambda t: load_image(_save(t, Image.new("RGBA", (120, 80), (0, 0, 0, 0)), "m.png")),
          check=lambda im: im.mode == "RGB" and im.getpixel((5, 5)) == (255, 255, 255)),
@@ -483,3 +489,9 @@ def test_a_skipped_checkpoint_is_named_in_a_warning(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="awares_rl.checkpoint"):
         assert _checkpoints(tmp_path, "model-truncated").name == "step_0000001"
     assert f"skipping checkpoint {ckpt.step_dir(tmp_path, 2)}" in caplog.text and "model.safetensors" in caplog.text
+
+
+def test_pruning_keeps_the_last_readable_checkpoint(tmp_path):
+    _checkpoints(tmp_path, "model-truncated")
+    ckpt.prune_checkpoints(tmp_path, keep=1)
+    assert ckpt.latest_checkpoint(tmp_path) == ckpt.step_dir(tmp_path, 1)
