@@ -306,12 +306,11 @@ def refuse_fresh_start(metrics: str | Path, ckpt_root: str | Path, stage: str) -
 def prune_checkpoints(root: str | Path, keep: int) -> list[Path]:
     """Delete all but the ``keep`` newest readable checkpoints (and any unreadable older ones):
     a truncated newest one never costs the last good one."""
-    steps = sorted((p for p in Path(root).glob("step_*") if p.is_dir()),
-                   key=lambda p: int(p.name.split("_")[1]))
+    steps = sorted((p for p in Path(root).glob("step_*") if p.is_dir() and _step_of(p) is not None), key=_step_of)
     complete = [p for p in steps if checkpoint_problem(p) is None]
     kept = set(complete[-keep:]) if keep > 0 else set()
-    newest = int(complete[-1].name.split("_")[1]) if complete else -1
-    removed = [p for p in steps if p not in kept and int(p.name.split("_")[1]) <= newest]
+    newest = _step_of(complete[-1]) if complete else -1
+    removed = [p for p in steps if p not in kept and _step_of(p) <= newest]
     for p in removed:
         shutil.rmtree(p)
     return removed
