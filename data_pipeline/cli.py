@@ -39,6 +39,8 @@ def add_data_parsers(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     conv.add_argument("--out", required=True, help="output folder")
     conv.add_argument("--split", default=None, help="split of an HF DatasetDict folder")
     conv.add_argument("--on-error", default="fail", choices=("fail", "skip"))
+    conv.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                      help="images larger than this are refused (data.max_image_pixels)")
     conv.set_defaults(func=run_convert)
 
     val = sub.add_parser("validate", help="validate a Sample JSONL file and its images")
@@ -109,7 +111,7 @@ def run_convert(args: argparse.Namespace) -> int:
     from data_pipeline.datasets import ConvertError, convert
 
     try:
-        report = convert(args.format, args.src, args.out, args.on_error, args.split)
+        report = convert(args.format, args.src, args.out, args.on_error, args.split, args.max_pixels)
     except (ConvertError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -253,7 +253,7 @@ def _image_dest(source: Any, base: Path, fmt: str) -> tuple[str, Path | bytes]:
     raise RecordError("image", f"unsupported image value of type {type(source).__name__}")
 
 
-def _write_image(name: str, data: Path | bytes, images_dir: Path) -> str:
+def _write_image(name: str, data: Path | bytes, images_dir: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
     dest = images_dir / name
     if not dest.exists():
         if isinstance(data, bytes):
@@ -261,7 +261,7 @@ def _write_image(name: str, data: Path | bytes, images_dir: Path) -> str:
         else:
             shutil.copyfile(data, dest)
     try:
-        load_image(dest)  # a full decode: verify() misses truncated pixel data
+        load_image(dest, max_pixels)  # a full decode: verify() misses truncated pixel data
     except ImageError as e:
         dest.unlink(missing_ok=True)
         raise RecordError("image", str(e)) from e
@@ -280,9 +280,11 @@ def _vstar_boxes(record: dict, base: Path) -> dict:
 
 # ---------------------------------------------------------------- convert
 def convert(
-    fmt: str, src: str | Path, out_dir: str | Path, on_error: str = "fail", split: str | None = None
+    fmt: str, src: str | Path, out_dir: str | Path, on_error: str = "fail", split: str | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> ConvertReport:
-    """Convert a local benchmark to ``out_dir/<fmt>.jsonl`` + ``out_dir/images/``."""
+    """Convert a local benchmark to ``out_dir/<fmt>.jsonl`` + ``out_dir/images/``; an image that
+    does not decode, or has more than ``max_pixels``, makes its record malformed."""
     if fmt not in CONVERTERS:
         raise ValueError(f"unknown format {fmt!r}: use one of {', '.join(CONVERTERS)}")
     _check_on_error(on_error)
@@ -294,7 +296,7 @@ def convert(
     report, samples, seen = ConvertReport(path=out / f"{fmt}.jsonl"), [], set()
     for index, (where, record) in enumerate(iter_records(src, split)):
         try:
-            sample = _convert_one(fmt, record, index, base, out, seen)
+            sample = _convert_one(fmt, record, index, base, out, seen, max_pixels)
         except (RecordError, SampleError) as e:
             if on_error == "fail":
                 raise ConvertError(where, str(e)) from e
@@ -308,7 +310,8 @@ def convert(
     return report
 
 
-def _convert_one(fmt: str, record: Any, index: int, base: Path, out: Path, seen: set[str]) -> Sample:
+def _convert_one(fmt: str, record: Any, index: int, base: Path, out: Path, seen: set[str],
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> Sample:
     if not isinstance(record, dict):
         raise RecordError("<record>", f"expected an object, got {type(record).__name__}")
     if "__error__" in record:
@@ -319,7 +322,7 @@ def _convert_one(fmt: str, record: Any, index: int, base: Path, out: Path, seen:
     if raw.id in seen:
         raise RecordError("id", f"duplicate id {raw.id!r}")
     name, data = _image_dest(raw.image, base, fmt)
-    obj = {"id": raw.id, "image": _write_image(name, data, out / "images"), "question": raw.question,
+    obj = {"id": raw.id, "image": _write_image(name, data, out / "images", max_pixels), "question": raw.question,
            "answers": raw.answers, "evidence_boxes": raw.evidence_boxes, "metric": METRIC[fmt],
            "meta": {"source": fmt, **raw.meta}}
     return Sample.from_json(obj)
