@@ -95,13 +95,16 @@ def read_state(ckpt: str | Path) -> TrainerState:
 
 
 def checkpoint_problem(ckpt: str | Path) -> str | None:
-    """Why resume cannot use ``ckpt`` (no or a broken ``state.json``, a truncated or unreadable
-    ``*.safetensors``), or None. Reads headers only: safetensors checks that the file covers
-    every tensor its header lists."""
+    """Why resume cannot use ``ckpt`` (no or a broken ``state.json``, another trainer-state JSON
+    that does not parse, a truncated or unreadable ``*.safetensors``), or None. Reads headers
+    only: safetensors checks that the file covers every tensor its header lists. DeepSpeed's own
+    files are not checked here (their load raises)."""
     from safetensors import safe_open
 
     try:
         read_state(ckpt)
+        for f in sorted(state_dir(ckpt).glob("*.json")):
+            read_json(f)
     except (FileNotFoundError, CheckpointFormatError) as e:
         return str(e)
     files = sorted(Path(ckpt).glob("*.safetensors")) + sorted(state_dir(ckpt).glob("*.safetensors"))

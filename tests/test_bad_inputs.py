@@ -432,6 +432,8 @@ def _checkpoints(tmp: Path, broken: str | None) -> Path | None:
         model.write_bytes(model.read_bytes()[:100])
     elif broken == "model-missing":
         model.unlink()
+    elif broken == "scheduler-truncated":
+        (ckpt.state_dir(newest) / "scheduler.json").write_text('{"last_epoch": ')
     return ckpt.latest_checkpoint(tmp)
 
 
@@ -456,7 +458,7 @@ CHECKPOINT_CASES = [
     Case("checkpoints intact: the newest", lambda t: _checkpoints(t, None), check=lambda p: p.name == "step_0000002"),
     *[Case(f"newest checkpoint {b}: the previous complete one", functools.partial(_checkpoints, broken=b),
            check=lambda p: p.name == "step_0000001")
-      for b in ("state-truncated", "state-missing", "model-truncated", "model-missing")],
+      for b in ("state-truncated", "state-missing", "model-truncated", "model-missing", "scheduler-truncated")],
     Case("no readable checkpoint over a metrics file: refuse to restart from 0", _fresh_start, ConfigError,
          ("{tmp}/sft/metrics.jsonl", "2 logged rows", "run.name", "save_every")),
     Case("truncated state.json", _state_file('{"step": 3, "pol'), ckpt.CheckpointFormatError,
