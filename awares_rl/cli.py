@@ -50,12 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     from awares_rl.evaluate import add_eval_parser
     from awares_rl.grpo import add_grpo_parser
     from awares_rl.sft import add_sft_parser
+    from awares_rl.sweep.run import add_sweep_parser
     from cluster.submit import add_cluster_parsers
     from data_pipeline.cli import add_data_parsers
     from reward.cli import add_serve_reward_parser
 
     for adder in (add_data_parsers, add_pretrain_parser, add_sft_parser, add_grpo_parser, add_eval_parser,
-                  add_run_parser, add_serve_reward_parser, add_cluster_parsers):
+                  add_run_parser, add_sweep_parser, add_serve_reward_parser, add_cluster_parsers):
         adder(sub)
     return parser
 

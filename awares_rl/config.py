@@ -9,6 +9,7 @@ from typing import Literal
 from awares_rl.config_io import ConfigError, load_yaml, require
 from awares_rl.models.tiny import TinyModelConfig
 from awares_rl.pretrain import PretrainConfig
+from awares_rl.sweep.config import SweepConfig, check_keys, search_space
 from data_pipeline.config import SynthConfig
 from data_pipeline.trajectories import TrajectoryConfig
 from reward.config import RewardConfig
@@ -242,8 +243,10 @@ class RecipeConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
     def __post_init__(self) -> None:
+        check_keys(self, search_space(self.sweep))  # swept keys exist and are numbers
         # the run owns these pretrain fields: refuse rather than silently replace a user's value
         base = PretrainConfig()
         for name, where in (("out_dir", "run.out_dir / run.name"), ("seed", "run.seed"),

@@ -94,6 +94,14 @@ def attach_logprobs(seqs: list[TokenSequence], key: str, scorer: ActorGroup) -> 
         setattr(seq, key, lp)
 
 
+def grpo_cpus(cfg: RecipeConfig) -> float:
+    """Logical CPUs a GRPO run's actors reserve: learners, rollout workers, reward actors and,
+    with a KL term, the reference scorer."""
+    lc, rc, g = cfg.learner, cfg.rollout, cfg.grpo
+    return (lc.num_workers * lc.cpus_per_worker + rc.num_workers * rc.cpus_per_worker
+            + cfg.reward.num_workers * cfg.reward.cpus_per_worker + (lc.cpus_per_worker if g.kl_coef else 0))
+
+
 def start_local_ray(cpus_needed: float) -> None:
     """Start a local Ray sized for the recipe's actors (logical CPUs may exceed the cores: on a
     laptop rollout, reward and learner take turns); with RAY_ADDRESS set, join that cluster."""
@@ -127,8 +135,7 @@ class GRPOTrainer:
 
     def _groups(self, model_dir):
         cfg, g, lc, rc = self.cfg, self.cfg.grpo, self.cfg.learner, self.cfg.rollout
-        start_local_ray(lc.num_workers * lc.cpus_per_worker + rc.num_workers * rc.cpus_per_worker
-                        + cfg.reward.num_workers * cfg.reward.cpus_per_worker + (lc.cpus_per_worker if g.kl_coef else 0))
+        start_local_ray(grpo_cpus(cfg))
         per_batch = g.ppo_epochs * g.mini_batches  # optimizer steps per GRPO step
         optim = OptimSettings(lr=g.lr, total_steps=g.steps * per_batch, warmup_steps=g.warmup_steps * per_batch,
                               min_lr_ratio=1.0, grad_clip=g.grad_clip)

@@ -28,6 +28,39 @@ def accuracy_vs_rtr(rows: Mapping[str, Mapping], path: str | Path, title: str = 
     return _save(fig, path)
 
 
+def pareto_plot(points: Sequence[tuple[str, float, float]], front: Sequence[int],
+                references: Mapping[str, tuple[float, float]], path: str | Path, title: str = "") -> Path:
+    """A sweep's trials as (label, accuracy %, RTR) points, the non-dominated ``front`` (indices
+    into ``points``) joined and labelled with its weights, and ``references`` (name -> (accuracy,
+    RTR), e.g. low-res only / full-res only) as grey diamonds. Left: the whole RTR range; right:
+    zoomed on the trials, where the front's labels are readable."""
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2), dpi=120)
+    for ax, zoom in zip(axes, (False, True)):
+        ax.scatter([p[2] for p in points], [p[1] for p in points], s=30, color="tab:blue", alpha=0.6,
+                   label="trials", zorder=3)
+        fr = [points[i] for i in front]
+        ax.plot([p[2] for p in fr], [p[1] for p in fr], "-o", color="tab:red", ms=6, label="Pareto front", zorder=4)
+        for label, acc, rtr in fr if zoom else ():
+            ax.annotate(label, (rtr, acc), textcoords="offset points", xytext=(6, 4), fontsize=7)
+        for name, (acc, rtr) in references.items():
+            ax.scatter([rtr], [acc], marker="D", s=45, color="grey", zorder=2)
+            ax.annotate(name, (rtr, acc), textcoords="offset points", xytext=(6, -10), fontsize=8, color="dimgrey")
+        ax.set_xlabel("retained token ratio (RTR, paper's formula)")
+        ax.set_ylabel("accuracy %")
+        ax.grid(alpha=0.3)
+        if zoom and points:
+            xs, ys = [p[2] for p in points], [p[1] for p in points]
+            pad_x, pad_y = max(0.01, 0.15 * (max(xs) - min(xs))), max(0.5, 0.15 * (max(ys) - min(ys)))
+            ax.set_xlim(min(xs) - pad_x, max(xs) + 3 * pad_x)
+            ax.set_ylim(min(ys) - pad_y, max(ys) + pad_y)
+            ax.set_title("trials (zoomed), front labelled with its weights")
+        else:
+            ax.set_xlim(0, 1.1)
+            ax.legend(fontsize=8, loc="lower right")
+            ax.set_title(title or "Reward sweep: accuracy vs visual tokens")
+    return _save(fig, path)
+
+
 def read_metrics(path: str | Path) -> list[dict]:
     """Rows of a ``metrics.jsonl`` (empty when the file is missing)."""
     p = Path(path)

@@ -204,11 +204,18 @@ class Tracker:
             return
         keys = ("accuracy", "rtr", "visual_tokens", "crop_rate", "tool_call_validity", "crop_jaccard", "grounding")
         data = [[name, *(r.get(k) for k in keys)] for name, r in rows.items()]
-        self.run.log({"results": wandb.Table(columns=["model", *keys], data=data)}, step=step)
+        self.log_table("results", ["model", *keys], data, images, step=step)
         self.log_accuracy_vs_rtr({n: (r["accuracy"], r["rtr"]) for n, r in rows.items()}, step=step)
         self.summary({f"{n}/{k}": r[k] for n, r in rows.items() for k in keys if r.get(k) is not None})
-        for key, path in (images or {}).items():
-            self.run.log({key: wandb.Image(str(path))}, step=step)
+
+    def log_table(self, key: str, columns: list[str], data: list[list], images: dict[str, Path] | None = None,
+                  step: int = 0) -> None:
+        """A ``wandb.Table`` under ``key`` and PNG files (name -> path) as ``wandb.Image``s."""
+        if self.run is None:
+            return
+        self.run.log({key: wandb.Table(columns=columns, data=data)}, step=step)
+        for name, path in (images or {}).items():
+            self.run.log({name: wandb.Image(str(path))}, step=step)
 
     def summary(self, values: dict[str, Any]) -> None:
         """Set run-level summary values (final accuracies, best step, ...)."""

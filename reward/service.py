@@ -92,8 +92,10 @@ class RewardPool:
                 "RewardPool needs Ray: call ray.init() (or ray.init(address=...)) first"
             )
         threads = max(1, math.floor(cfg.cpus_per_worker))
+        # "DEFAULT": placed on the cluster's free CPUs, never captured into a caller's placement
+        # group (a Ray Tune trial's holds only the trial itself)
         actor_cls = ray.remote(RewardService).options(
-            num_cpus=cfg.cpus_per_worker, max_restarts=2, max_task_retries=2
+            num_cpus=cfg.cpus_per_worker, max_restarts=2, max_task_retries=2, scheduling_strategy="DEFAULT"
         )
         self.cfg = cfg
         self.actors = [actor_cls.remote(cfg, threads) for _ in range(cfg.num_workers)]
