@@ -8,12 +8,15 @@ export VLLM_CPU_KVCACHE_SPACE ?= 1
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: venv run test bench lint
+.PHONY: venv run sweep test bench lint
 venv:
 	@./scripts/setup_venv.sh
 
 run: venv
 	$(VENV)/bin/awares-rl run $(RECIPE)
+
+sweep: venv  # after `make run`: reward-weight trials from its SFT model, the accuracy/RTR front
+	$(VENV)/bin/awares-rl sweep --recipe $(RECIPE) --max-rtr 0.3
 
 test: venv
 	$(VENV)/bin/python -m pytest -q -m "not gpu" tests

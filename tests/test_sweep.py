@@ -15,7 +15,7 @@ import ray
 
 from awares_rl.config import load_recipe
 from awares_rl.config_io import ConfigError
-from awares_rl.sweep.config import grid_points, search_space
+from awares_rl.sweep.config import SweepConfig, grid_points, search_space
 from awares_rl.sweep.pareto import dominates, pareto_front, recommend
 from awares_rl.sweep.run import check_grid, run_sweep
 from awares_rl.sweep.trial import apply_params, trial_key, trial_label
@@ -54,7 +54,7 @@ def test_bad_space_fails_naming_the_key(space, message):
 ])
 def test_bad_random_space_and_settings(override, message):
     with pytest.raises(ConfigError, match="sweep") as e:
-        load_recipe(RECIPE, [override])
+        load_recipe(RECIPE, ["sweep.search=random", override])
     assert message in str(e.value)
 
 
@@ -69,7 +69,10 @@ def test_grid_space_points_and_validation():
     bad = load_recipe(RECIPE, ["sweep.search=grid", "sweep.space={reward.lam: [0.0, 0.5]}"])
     with pytest.raises(ConfigError, match=r"grid point \{'reward.lam': 0.5\} is not a valid recipe.*alpha_miss"):
         check_grid(bad, search_space(bad.sweep))
-    assert load_recipe(RECIPE).sweep.trials == 6  # random search over the paper's three weights by default
+    default = SweepConfig()  # random search over the paper's three weights, 6 draws
+    assert (default.search, default.trials, sorted(default.space)) == (
+        "random", 6, ["reward.alpha_miss", "reward.alpha_use", "reward.lam"])
+    assert load_recipe(RECIPE).sweep.trials == 6  # the tiny recipe's grid: 3 lam x 2 alpha_use
 
 
 def test_trial_params_key_and_label():
@@ -149,3 +152,19 @@ def test_sweep_runs_on_ray_tune_and_resumes(tmp_path, tool_model_dir, wandb_sand
     assert status == {"mini_batches=1 λ=0": "cached", "mini_batches=1 λ=0.3": "cached",
                       "mini_batches=64 λ=0": "error", "mini_batches=64 λ=0.3": "error"}
     assert all((out / "trials" / t / "result.json").stat().st_mtime == m for t, m in mtimes.items())
+
+
+def test_a_trial_stopped_before_its_first_checkpoint_starts_over(tmp_path):
+    from dataclasses import replace
+
+    from awares_rl.sweep.trial import restart_unsaved
+
+    cfg = load_recipe(RECIPE)
+    cfg = replace(cfg, run=replace(cfg.run, out_dir=str(tmp_path), name="t1"))
+    grpo = cfg.run.dir / "grpo"
+    grpo.mkdir(parents=True)
+    restart_unsaved(cfg)  # nothing logged yet: nothing to do
+    assert grpo.is_dir()
+    (grpo / "metrics.jsonl").write_text('{"step": 1}\n')  # killed at step 1, no checkpoint
+    restart_unsaved(cfg)
+    assert not grpo.exists()

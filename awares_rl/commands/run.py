@@ -89,7 +89,6 @@ def final_table(cfg: RecipeConfig, base: Path, sft: Path, grpo: Path) -> dict[st
     """Rows low_res, full_res (base model), sft, grpo (policy) on the test split; on synthetic
     data the base row also gets ``grounding``: the crop id of the asked panel, at low res, on val."""
     from awares_rl.evaluate import evaluate
-
     from awares_rl.rollout import make_engine
 
     data = ensure_data(cfg, cfg.eval.split)

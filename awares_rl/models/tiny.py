@@ -19,7 +19,6 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2VLImageProcessor
 
 from awares_rl.models.family import ModelFamily, get_family
-
 from awares_rl.protocol import CROPS_INTRO, SYSTEM_PROMPT
 
 SPECIAL_TOKENS = (

@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from awares_rl.config import RecipeConfig
+
+log = logging.getLogger(__name__)
 
 # Short names of the paper's reward weights, for labels on the plot and in the table.
 SYMBOLS = {"reward.alpha_miss": "α_miss", "reward.alpha_use": "α_use", "reward.lam": "λ"}
@@ -69,6 +73,17 @@ def _write_json(path: Path, obj: dict) -> None:
     os.replace(tmp, path)  # a killed trial never leaves half a result
 
 
+def restart_unsaved(cfg: RecipeConfig) -> None:
+    """A trial killed before its first GRPO checkpoint left metrics rows that nothing can resume
+    (GRPO refuses to restart over them): its GRPO folder is the sweep's own, so it starts over."""
+    from awares_rl.checkpoint import latest_checkpoint
+
+    out = cfg.run.dir / "grpo"
+    if (out / "metrics.jsonl").is_file() and latest_checkpoint(cfg.run.dir / "checkpoints" / "grpo") is None:
+        log.warning("trial %s was stopped before its first checkpoint: its GRPO run starts over", cfg.run.name)
+        shutil.rmtree(out)
+
+
 def run_trial(params: dict[str, Any], setup: TrialSetup) -> dict[str, Any]:
     """Train and evaluate one trial (or read its earlier result); returns its result row."""
     from awares_rl.evaluate import evaluate
@@ -81,6 +96,7 @@ def run_trial(params: dict[str, Any], setup: TrialSetup) -> dict[str, Any]:
     t0 = time.perf_counter()
     model = cfg.run.dir / "models" / "grpo"
     if not (model / "config.json").is_file():  # a trial killed during its eval keeps its model
+        restart_unsaved(cfg)
         model = GRPOTrainer(cfg, start_model=Path(setup.start_model)).fit()
     train_s = time.perf_counter() - t0
     import torch
