@@ -40,8 +40,8 @@ def pareto_plot(points: Sequence[tuple[str, float, float]], front: Sequence[int]
                    label="trials", zorder=3)
         fr = [points[i] for i in front]
         ax.plot([p[2] for p in fr], [p[1] for p in fr], "-o", color="tab:red", ms=6, label="Pareto front", zorder=4)
-        for label, acc, rtr in fr if zoom else ():
-            ax.annotate(label, (rtr, acc), textcoords="offset points", xytext=(6, 4), fontsize=7)
+        for (acc, rtr), labels in (_coincident(fr) if zoom else {}).items():
+            ax.annotate("\n".join(labels), (rtr, acc), textcoords="offset points", xytext=(6, 4), fontsize=7)
         for name, (acc, rtr) in references.items():
             ax.scatter([rtr], [acc], marker="D", s=45, color="grey", zorder=2)
             ax.annotate(name, (rtr, acc), textcoords="offset points", xytext=(6, -10), fontsize=8, color="dimgrey")
@@ -59,6 +59,14 @@ def pareto_plot(points: Sequence[tuple[str, float, float]], front: Sequence[int]
             ax.legend(fontsize=8, loc="lower right")
             ax.set_title(title or "Reward sweep: accuracy vs visual tokens")
     return _save(fig, path)
+
+
+def _coincident(points: Sequence[tuple[str, float, float]]) -> dict[tuple[float, float], list[str]]:
+    """Labels by position, so that tied points get one stacked annotation instead of overprinting."""
+    out: dict[tuple[float, float], list[str]] = {}
+    for label, acc, rtr in points:
+        out.setdefault((acc, rtr), []).append(label)
+    return out
 
 
 def read_metrics(path: str | Path) -> list[dict]:

@@ -14,6 +14,7 @@ import csv
 import json
 import logging
 import os
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -119,10 +120,16 @@ def rows_table(rows: list[dict[str, Any]], title: str) -> Table:
         table.add_column(col, justify="left" if col in ("label", "status") else "right")
     for r in rows:
         cells = [r.get(c) for c in COLUMNS]
-        table.add_row(*("-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v) for v in cells))
+        table.add_row(*("-" if v is None else f"{v:.3f}" if c in ("rtr", "crop_jaccard") else f"{v:.1f}"
+                        if isinstance(v, float) else str(v) for c, v in zip(COLUMNS, cells)))
         if r.get("error"):
             table.add_row("", f"[red]{r['error'][:160]}[/red]", *[""] * (len(COLUMNS) - 2))
     return table
+
+
+def _console() -> Console:
+    """Rich at the terminal's width; 160 columns in a log file (rich's 80 squeezes the table)."""
+    return Console() if sys.stdout.isatty() else Console(width=160)
 
 
 def live_table_callback(total: int):
@@ -147,7 +154,7 @@ def live_table_callback(total: int):
             self._print()
 
         def _print(self) -> None:
-            Console().print(rows_table(self.rows, f"sweep: {len(self.rows)} of {total} trials finished"))
+            _console().print(rows_table(self.rows, f"sweep: {len(self.rows)} of {total} trials finished"))
 
     return LiveTable()
 
@@ -200,7 +207,7 @@ def run_sweep(recipe: str, overrides: list[str], max_rtr: float | None = None,
     sw, dims = cfg.sweep, search_space(cfg.sweep)
     check_grid(cfg, dims)
     trials = load_recipe(recipe, [*overrides, *sw.overrides]) if sw.overrides else cfg
-    setup, console, t0 = trial_setup(cfg, trials), Console(), time.perf_counter()
+    setup, console, t0 = trial_setup(cfg, trials), _console(), time.perf_counter()
     console.print(f"[bold]sweep {sw.name}[/bold]: {sw.trials} trials ({sw.search}) x {sw.grpo_steps} GRPO steps "
                   f"from {setup.start_model}, evaluated on {sw.eval_split} -> {setup.sweep_dir}")
     refs = reference_points(cfg, setup)
