@@ -96,9 +96,12 @@ def read_state(ckpt: str | Path) -> TrainerState:
 
 def checkpoint_problem(ckpt: str | Path) -> str | None:
     """Why resume cannot use ``ckpt`` (no or a broken ``state.json``, another trainer-state JSON
-    that does not parse, a truncated or unreadable ``*.safetensors``), or None. Reads headers
-    only: safetensors checks that the file covers every tensor its header lists. DeepSpeed's own
-    files are not checked here (their load raises)."""
+    that does not parse, a truncated or unreadable ``*.safetensors`` or DeepSpeed ``*.pt``), or
+    None. Reads headers only: safetensors checks that the file covers every tensor its header
+    lists; a DeepSpeed file (torch's zip format) must have its zip directory, which truncation
+    loses. Nothing is unpickled here."""
+    import zipfile
+
     from safetensors import safe_open
 
     try:
@@ -116,6 +119,11 @@ def checkpoint_problem(ckpt: str | Path) -> str | None:
                 pass
         except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
             return f"{f}: unreadable ({e})"
+    for f in sorted((state_dir(ckpt) / "deepspeed").rglob("*.pt")):
+        try:
+            zipfile.ZipFile(f).close()
+        except (zipfile.BadZipFile, OSError) as e:
+            return f"{f}: truncated or not a torch checkpoint ({e})"
     return None
 
 

@@ -434,6 +434,11 @@ def _checkpoints(tmp: Path, broken: str | None) -> Path | None:
         model.unlink()
     elif broken == "scheduler-truncated":
         (ckpt.state_dir(newest) / "scheduler.json").write_text('{"last_epoch": ')
+    elif broken == "deepspeed-truncated":  # a real torch.save file (DeepSpeed's format), cut short
+        shard = ckpt.state_dir(newest) / "deepspeed" / "state" / "mp_rank_00_model_states.pt"
+        shard.parent.mkdir(parents=True)
+        torch.save({"module": {"w": torch.zeros(256)}}, shard)
+        shard.write_bytes(shard.read_bytes()[:700])
     return ckpt.latest_checkpoint(tmp)
 
 
@@ -458,7 +463,8 @@ CHECKPOINT_CASES = [
     Case("checkpoints intact: the newest", lambda t: _checkpoints(t, None), check=lambda p: p.name == "step_0000002"),
     *[Case(f"newest checkpoint {b}: the previous complete one", functools.partial(_checkpoints, broken=b),
            check=lambda p: p.name == "step_0000001")
-      for b in ("state-truncated", "state-missing", "model-truncated", "model-missing", "scheduler-truncated")],
+      for b in ("state-truncated", "state-missing", "model-truncated", "model-missing", "scheduler-truncated",
+                "deepspeed-truncated")],
     Case("no readable checkpoint over a metrics file: refuse to restart from 0", _fresh_start, ConfigError,
          ("{tmp}/sft/metrics.jsonl", "2 logged rows", "run.name", "save_every")),
     Case("truncated state.json", _state_file('{"step": 3, "pol'), ckpt.CheckpointFormatError,
