@@ -5,18 +5,26 @@
 
 Network errors and 429/502/503 are retried ``max_retries`` times (waits ``backoff_s * 2**k``,
 capped at 8x); 401/403/408/413/422/500/504 are not (the same request would fail again) and raise
-:class:`RewardClientError` saying what to change.
+:class:`RewardClientError` saying what to change. A call never outlives ``deadline_s`` (wall clock,
+all tries), even against a server that drips its answer.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
 import httpx
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+from tenacity import (
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential,
+)
 
 from awares_rl.episode import Episode, RewardParts
 from reward.scoring import RewardRequest
@@ -38,6 +46,10 @@ class RewardClientError(RuntimeError):
     def __init__(self, message: str, status: int = 0) -> None:
         super().__init__(message)
         self.status = status
+
+
+class DeadlineError(Exception):
+    """The whole call outlived ``deadline_s`` (not retried)."""
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -72,27 +84,41 @@ class RewardClient:
         timeout_s: float = 60.0,
         max_retries: int = 3,
         backoff_s: float = 0.5,
+        deadline_s: float = 300.0,
     ) -> None:
         token = token or os.environ.get(token_env)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.base_url = base_url.rstrip("/")
         self.http = httpx.Client(base_url=self.base_url, timeout=timeout_s, headers=headers)
-        self.attempts, self.backoff_s = max_retries + 1, backoff_s
+        self.attempts, self.backoff_s, self.deadline_s = max_retries + 1, backoff_s, deadline_s
 
     def _request(self, method: str, path: str, body: dict | None = None) -> Any:
+        # httpx's timeout bounds each network wait; a server that drips its answer resets it with
+        # every chunk, so the whole call (all tries) also has a wall-clock deadline
+        end = time.monotonic() + self.deadline_s
+
         def once() -> Any:
-            r = self.http.request(method, path, json=body)
-            r.raise_for_status()
-            return r.json()
+            with self.http.stream(method, path, json=body) as r:
+                chunks = []
+                for chunk in r.iter_bytes():
+                    chunks.append(chunk)
+                    if time.monotonic() > end:
+                        raise DeadlineError(f"no complete answer within deadline_s={self.deadline_s:g} s "
+                                            f"(waiting for {method} {path})")
+            full = httpx.Response(r.status_code, headers=r.headers, content=b"".join(chunks), request=r.request)
+            full.raise_for_status()
+            return full.json()
 
         retrying = Retrying(
-            stop=stop_after_attempt(self.attempts),
+            stop=stop_after_attempt(self.attempts) | stop_after_delay(self.deadline_s),
             wait=wait_exponential(multiplier=self.backoff_s, max=8 * self.backoff_s),
             retry=retry_if_exception(_retryable),
             reraise=True,
         )
         try:
             return retrying(once)
+        except DeadlineError as e:
+            raise RewardClientError(f"{self.base_url + path}: {e}; raise deadline_s or send fewer items") from e
         except httpx.HTTPError as e:
             raise _error(e, self.base_url + path, self.attempts) from e
 

@@ -242,3 +242,14 @@ def test_silent_connections_are_closed(serve):
 def test_bounds_are_validated(bad):
     with pytest.raises(ValueError, match=f"reward.{next(iter(bad))}"):
         RewardConfig(**bad)
+
+
+@pytest.mark.timeout(30)
+def test_client_fails_at_its_deadline_against_a_dripping_server(drip):
+    from reward.client import RewardClient, RewardClientError
+
+    with RewardClient(drip.url.removesuffix("/v1"), timeout_s=5.0, deadline_s=1.5, max_retries=3) as client:
+        t0 = time.monotonic()
+        with pytest.raises(RewardClientError, match=r"deadline_s=1.5 s \(waiting for GET /health\)"):
+            client.health()  # a byte every 0.2 s: no single read ever waits 5 s
+    assert 1.5 <= time.monotonic() - t0 < 3.0 and drip.requests == 1  # not retried
