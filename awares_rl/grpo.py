@@ -232,7 +232,7 @@ class GRPOTrainer:
              step_s: float, sync_s: float) -> None:
         ok = [ep for ep in episodes if ep.error is None and ep.reward is not None]
         row = {f"rollout/{k}": v for k, v in episode_metrics(episodes).items()}
-        row["rollout/accuracy"] = sum(ep.reward.answer >= 0.5 for ep in ok) / max(len(ok), 1)
+        row["rollout/accuracy"] = sum(ep.reward.answer >= self.cfg.eval.correct_threshold for ep in ok) / max(len(ok), 1)
         row["rollout/policy_version"] = min((ep.policy_version for ep in episodes), default=0)
         row.update({f"learner/{k}": v for k, v in learner.items()})
         row.update({f"time/{k}_s": v for k, v in timer.seconds.items()})

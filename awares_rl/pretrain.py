@@ -31,7 +31,7 @@ from awares_rl.learner.sft_batch import (
     multi_qa_conversation,
 )
 from awares_rl.models.tiny import TinyModelConfig, build_tiny
-from awares_rl.vqa import accuracy_by_group, answer_questions, exact_match
+from awares_rl.vqa import accuracy_by_group, answer_questions
 from data_pipeline.config import SynthConfig
 from data_pipeline.sample import Sample
 from data_pipeline.scene import (
@@ -41,9 +41,15 @@ from data_pipeline.scene import (
     panel_questions,
     vocab_texts,
 )
+from reward.judges import exact_match
 
 VIEWS = ("full", "low", "crop")
 
+
+
+def correct(predictions: list[str], answers: list) -> list[bool]:
+    """Exact-match correctness of each prediction (the reward's ``exact_match``, normalised)."""
+    return [score == 1.0 for score in exact_match(predictions, [list(a) for a in answers])]
 
 @dataclass(frozen=True)
 class PretrainConfig:
@@ -222,8 +228,8 @@ def probe(model, processor, cfg: PretrainConfig) -> dict[str, float]:
     where = answer_questions(model, processor, images, [q for q, _ in asked], cfg.eval_batch_size)
     what = answer_questions(model, processor, images, [s.question for s, _ in scenes], cfg.eval_batch_size)
     model.train()
-    out = {"grounding": float(np.mean([exact_match(p, (a,)) for p, (_, a) in zip(where, asked)]))}
-    by_tier = accuracy_by_group([exact_match(p, s.answers) for p, (s, _) in zip(what, scenes)],
+    out = {"grounding": float(np.mean(correct(where, [(a,) for _, a in asked])))}
+    by_tier = accuracy_by_group(correct(what, [s.answers for s, _ in scenes]),
                                 [s.meta["tier"] for s, _ in scenes])
     out.update({f"{t}_low": v["accuracy"] / 100 for t, v in by_tier.items() if t != "all"})
     return out
@@ -275,14 +281,13 @@ def evaluate_views(
         preds = answer_questions(
             model, processor, images, [s.question for s, _ in scenes], cfg.eval_batch_size
         )
-        correct = [exact_match(p, s.answers) for p, (s, _) in zip(preds, scenes)]
-        report[view] = {"tier": accuracy_by_group(correct, groups),
-                        "family": accuracy_by_group(correct, families)}
+        right = correct(preds, [s.answers for s, _ in scenes])
+        report[view] = {"tier": accuracy_by_group(right, groups),
+                        "family": accuracy_by_group(right, families)}
     if "low" in views:  # grounding at low res: the crop id of the asked-about panel
         images = [low_res_view(im) for _, im in scenes]
         asked = [locate_question(s.meta["panels"][s.meta["panel"]]) for s, _ in scenes]
         preds = answer_questions(model, processor, images, [q for q, _ in asked], cfg.eval_batch_size)
-        correct = [exact_match(p, (a,)) for p, (_, a) in zip(preds, asked)]
-        report["locate_low"] = accuracy_by_group(correct, groups)
+        report["locate_low"] = accuracy_by_group(correct(preds, [(a,) for _, a in asked]), groups)
     return report
 

@@ -1,4 +1,5 @@
-"""Plain VQA with the base model (no tool): greedy answers, exact-match scoring, accuracy tables.
+"""Plain VQA with the base model (no tool): greedy answers and accuracy tables (answers are scored
+by the reward's one ``exact_match``).
 
 Used to report the pretrained base model's accuracy at low and full resolution, and by the SFT
 trajectory builder, which runs the base model at both resolutions exactly as the paper does.
@@ -6,7 +7,6 @@ trajectory builder, which runs the base model at both resolutions exactly as the
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -14,19 +14,6 @@ import torch
 from PIL import Image
 
 from awares_rl.learner.sft_batch import user_turn
-
-_PUNCT = re.compile(r"[^\w\s]")
-
-
-def normalize_answer(text: str) -> str:
-    """Lowercase, drop punctuation, collapse spaces ("Horizontal." -> "horizontal")."""
-    return " ".join(_PUNCT.sub(" ", text.lower()).split())
-
-
-def exact_match(prediction: str, answers: Sequence[str]) -> bool:
-    """True when the normalised prediction equals any normalised ground-truth answer."""
-    pred = normalize_answer(prediction)
-    return any(pred == normalize_answer(a) for a in answers)
 
 
 @torch.no_grad()

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import re
 import statistics
 from collections.abc import Callable, Sequence
 
@@ -23,13 +24,22 @@ ANLS_THRESHOLD = 0.5
 RELAXED_TOLERANCE = 0.05
 
 
+_PUNCT = re.compile(r"[^\w\s]")
+
+
+def normalize_answer(text: str) -> str:
+    """Lowercase, punctuation to spaces, spaces collapsed (" Vertical. " -> "vertical")."""
+    return " ".join(_PUNCT.sub(" ", text.lower()).split())
+
+
 def exact_match(
     predictions: Sequence[str], references: Sequence[Sequence[str]], **_: object
 ) -> list[float]:
-    """1.0 if ``pred.strip()`` equals some ``ref.strip()`` (case-sensitive), else 0.0."""
+    """1.0 if the normalised prediction (``normalize_answer``) equals a normalised reference, else
+    0.0: "Red." matches "red". The one exact match of the project (reward, labels, eval, probes)."""
     check_batch(predictions, references)
     return [
-        float(p.strip() in {r.strip() for r in refs})
+        float(normalize_answer(p) in {normalize_answer(r) for r in refs})
         for p, refs in zip(predictions, references, strict=True)
     ]
 

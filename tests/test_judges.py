@@ -46,7 +46,9 @@ def test_bad_batches_are_refused_naming_the_input(judge):
 
 def test_exact_match():
     # strip only; case matters
-    assert exact_match([" yes ", "Yes", "no"], [["yes"], ["yes"], ["yes", "no"]]) == [1.0, 0.0, 1.0]
+    # normalised: case, punctuation and spaces do not count; the words do
+    assert exact_match([" yes ", "Yes", "no", "Red.", "light  blue!", "blue"],
+                       [["yes"], ["yes"], ["yes", "no"], ["red"], ["Light blue"], ["red"]]) == [1.0, 1.0, 1.0, 1.0, 1.0, 0.0]
 
 
 def test_anls():

@@ -24,9 +24,10 @@ from awares_rl.learner.sft_batch import (
 )
 from awares_rl.models.tiny import TinyModelConfig, build_tiny
 from awares_rl.pretrain import PretrainConfig, fit, lr_at, training_stream
-from awares_rl.vqa import accuracy_by_group, exact_match, normalize_answer
+from awares_rl.vqa import accuracy_by_group
 from data_pipeline.config import SynthConfig
 from data_pipeline.scene import vocab_texts
+from reward.judges import exact_match, normalize_answer
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +118,7 @@ def test_training_stream_without_grounding():  # the default
 
 
 def test_answer_normalisation_and_grouping():
-    assert normalize_answer(" Vertical. ") == "vertical" and exact_match("CHECKER!", ["checker"])
+    assert normalize_answer(" Vertical. ") == "vertical" and exact_match(["CHECKER!"], [["checker"]]) == [1.0]
     table = accuracy_by_group([True, False, True], ["small", "small", "large"])
     assert table["all"] == {"accuracy": 66.67, "n": 3} and table["small"]["accuracy"] == 50.0
 
