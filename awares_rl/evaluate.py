@@ -6,8 +6,8 @@
 - ``policy``: the AwaRes episode (``EpisodeRunner``, greedy): low-res view, optional GET_CROPS,
   answer; the paper's RTR per episode.
 
-Per mode: accuracy (judge score >= ``eval.correct_threshold``; the judge is chosen by the sample's
-metric through ``reward.judges.BENCHMARK_JUDGES``, exact match when it has none) overall and by
+Per mode: accuracy (judge score >= ``eval.correct_threshold``; the judge is the sample's benchmark
+metric's, ``reward.judge`` when it has none: ``reward.judges.route_judge``) overall and by
 metric, mean judge score, paper RTR, the exact visual tokens the processor produced and their
 ratio to the full-res image's, seconds per sample (engine wall time / batch size), and for the
 policy the crop rate, tool-call validity and, given trajectory labels (``needs_crop``), the
@@ -37,7 +37,7 @@ from awares_rl.tokens import IMAGE_TOKEN, image_token_counts
 from data_pipeline.grounding import vqa_prompt_ids
 from data_pipeline.sample import Sample, SampleError, iter_jsonl
 from data_pipeline.trajectories import Trajectory
-from reward.judges import BENCHMARK_JUDGES
+from reward.judges import route_judge
 from reward.scoring import run_judge
 
 MODES = ("low", "full", "policy", "grounding")  # grounding: "Which crop shows ...?" at low res
@@ -187,8 +187,6 @@ def run_mode(engine, processor, items: list[EvalItem], root: Path, mode: str, cf
     return preds
 
 
-def judge_name(metric: str | None) -> str:
-    return BENCHMARK_JUDGES.get(metric or "exact", "exact_match")
 
 
 def score(preds: list[Prediction], items: list[EvalItem], cfg: RecipeConfig) -> None:
@@ -196,7 +194,7 @@ def score(preds: list[Prediction], items: list[EvalItem], cfg: RecipeConfig) -> 
     by_judge: dict[str, list[int]] = defaultdict(list)
     for k, (p, it) in enumerate(zip(preds, items)):
         if p.answer is not None:
-            by_judge[judge_name(it.sample.metric)].append(k)
+            by_judge[route_judge(it.sample.metric, cfg.reward.judge)].append(k)
     for name, idx in by_judge.items():
         got, _ = run_judge(name, [preds[k].answer or "" for k in idx],
                            [list(items[k].sample.answers) for k in idx], cfg.reward)

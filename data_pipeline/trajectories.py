@@ -57,7 +57,7 @@ from data_pipeline.grounding import (
     vqa_prompt_ids,
 )
 from data_pipeline.sample import Sample, iter_jsonl
-from reward.judges import BENCHMARK_JUDGES, JUDGES
+from reward.judges import BENCHMARK_JUDGES, JUDGES, route_judge
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +79,9 @@ class TrajectoryConfig:
     max_new_tokens: int = 24  # answer length cap, both resolutions
     low_res_scale: float = 0.5  # the low-res view; must equal rollout.low_res_scale
     vqa_system_prompt: str | None = None  # None: no system message, as pretrain trains the base model
-    metric_judges: dict[str, str] = field(default_factory=dict)  # metric -> judge, over reward's BENCHMARK_JUDGES
-    default_judge: str = "embedding_cosine"  # judge for samples without a metric (the paper's R_ans)
+    # metric -> judge for the labels, over the benchmark's own (reward.judges.route_judge); a
+    # sample without a metric is judged by reward.judge, as in GRPO and eval
+    metric_judges: dict[str, str] = field(default_factory=dict)
     grounder: Literal["auto", "dataset", "vlm"] = "auto"  # auto: the sample's boxes if any, else the VLM
     grounder_model: str | None = None  # grounding VLM dir; None = the base model itself
     box_coords: Literal["resized", "pixels", "norm1000"] = "resized"  # frame of the VLM's boxes
@@ -100,7 +101,7 @@ class TrajectoryConfig:
         if unknown:
             raise ValueError(f"trajectories.metric_judges: {unknown[0]!r} is not a sample metric; use keys "
                              f"from {sorted(BENCHMARK_JUDGES)}")
-        for metric, name in [*self.metric_judges.items(), ("default_judge", self.default_judge)]:
+        for metric, name in self.metric_judges.items():
             if name not in JUDGES:
                 raise ValueError(f"trajectories judge {name!r} (for {metric}) unknown: use one of {sorted(JUDGES)}")
         try:
@@ -108,11 +109,9 @@ class TrajectoryConfig:
         except (KeyError, IndexError, ValueError) as e:
             raise ValueError(f"trajectories.grounding_prompt may use only {{question}} and {{answer}}: {e!r}") from e
 
-    def judge_for(self, metric: str | None) -> str:
-        """Judge name for a sample's metric: metric_judges, then reward's mapping, then default."""
-        if metric is None:
-            return self.default_judge
-        return self.metric_judges.get(metric) or BENCHMARK_JUDGES.get(metric) or self.default_judge
+    def judge_for(self, metric: str | None, default: str) -> str:
+        """The labels' judge for a sample's metric (``default``: reward.judge); see ``route_judge``."""
+        return route_judge(metric, default, self.metric_judges)
 
 
 WHOLE_IMAGE_CROPS = (5, 6)  # the top and bottom halves of the crop set: together, the whole image
@@ -251,7 +250,7 @@ def read_trajectories(path: str | Path) -> list[Trajectory]:
 
 # ---------------------------------------------------------------- judging
 def make_judge_fn(cfg: TrajectoryConfig, reward_cfg=None) -> JudgeFn:
-    """A batched judge: each sample scored by ``cfg.judge_for(metric)``, one call per judge.
+    """A batched judge: each sample scored by ``cfg.judge_for(metric, reward_cfg.judge)``, one call per judge.
     ``reward_cfg`` (a ``RewardConfig``) supplies the embedding model and the LLM endpoint."""
     from reward.config import RewardConfig
     from reward.scoring import run_judge
@@ -261,7 +260,7 @@ def make_judge_fn(cfg: TrajectoryConfig, reward_cfg=None) -> JudgeFn:
     def judge(predictions: list[str], references: list[list[str]], metrics: list[str | None]) -> list[float]:
         scores, groups = [0.0] * len(predictions), defaultdict(list)
         for i, metric in enumerate(metrics):
-            groups[cfg.judge_for(metric)].append(i)
+            groups[cfg.judge_for(metric, reward_cfg.judge)].append(i)
         for name, idx in groups.items():
             got, _ = run_judge(name, [predictions[i] for i in idx], [references[i] for i in idx], reward_cfg)
             for i, s in zip(idx, got, strict=True):

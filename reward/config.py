@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from reward.judges import BENCHMARK_JUDGES, JUDGES
+from reward.judges import BENCHMARK_JUDGES, JUDGES, route_judge
 from reward.llm_judge import DEFAULT_PROMPT
 
 _DEFAULT_TOKEN_ENV = "AWARES_REWARD_TOKEN"
@@ -114,5 +114,6 @@ class RewardConfig:
             raise ValueError(f"reward.{name}={getattr(self, name)!r}: {message}")
 
     def judge_for(self, metric: str | None) -> str:
-        """The judge name for a sample whose metric is ``metric`` (the default when unmapped)."""
-        return self.metric_judges.get(metric or "", self.judge)
+        """R_ans's judge for a sample whose metric is ``metric``: ``metric_judges``, else ``judge``
+        (``reward.judges.route_judge`` without the benchmark table: the paper's one reward judge)."""
+        return route_judge(metric, self.judge, self.metric_judges, by_benchmark=False)

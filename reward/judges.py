@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from rapidfuzz.distance import Levenshtein
 
@@ -167,6 +167,19 @@ BENCHMARK_JUDGES: dict[str, str] = {
     "ocrbench": "ocrbench",
     "semantic": "embedding_cosine",
 }
+
+
+def route_judge(metric: str | None, default: str, overrides: Mapping[str, str] | None = None,
+                by_benchmark: bool = True) -> str:
+    """The judge of a sample whose metric is ``metric``: the one routing rule of the project.
+
+    ``overrides[metric]`` when set; else, with ``by_benchmark``, the benchmark's own judge
+    (``BENCHMARK_JUDGES``: what trajectory labels and eval call right); else ``default``. A sample
+    without a metric always gets ``default`` (``reward.judge``), in every stage. GRPO's R_ans routes
+    with ``by_benchmark=False``: the paper's reward is one judge for every sample unless mapped."""
+    if metric is None:
+        return default
+    return (overrides or {}).get(metric) or (BENCHMARK_JUDGES.get(metric) if by_benchmark else None) or default
 
 
 def get_judge(name: str) -> Judge:
