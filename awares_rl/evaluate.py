@@ -306,7 +306,7 @@ def run_eval(args: argparse.Namespace) -> int:
         raise SystemExit("awares-rl eval: no --checkpoint and no model in the run directory")
     data = Path(args.data) if args.data else ensure_data(cfg, cfg.eval.split)
     report = evaluate(cfg, checkpoint, data, args.trajectories)
-    out = Path(args.out) if args.out else cfg.run.dir / "eval" / f"{checkpoint.name}_{data.stem}.json"
+    out = Path(args.out) if args.out else RunPaths(cfg.run.dir).logs("eval") / f"{checkpoint.name}_{data.stem}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))
     Console().print(results_table(report["summary"]))

@@ -120,8 +120,8 @@ class GRPOTrainer:
 
     def __init__(self, cfg: RecipeConfig, start_model: Path | None = None) -> None:
         self.cfg, self.paths = cfg, RunPaths(cfg.run.dir)
-        self.ckpt_root = cfg.run.dir / "checkpoints" / "grpo"
-        self.out_dir = cfg.run.dir / "grpo"
+        self.ckpt_root = self.paths.checkpoints("grpo")
+        self.out_dir = self.paths.logs("grpo")
         self.start_model = start_model or self.paths.model("sft")
         train_file = ensure_data(cfg, "train")
         self.samples, self.root = read_samples(train_file)[0], train_file.parent
@@ -171,7 +171,7 @@ class GRPOTrainer:
         g, G = self.cfg.grpo, self.cfg.rollout.group_size
         resume = latest_checkpoint(self.ckpt_root) if g.resume else None
         if resume is None:
-            refuse_fresh_start(self.out_dir / "metrics.jsonl", self.ckpt_root, "grpo")
+            refuse_fresh_start(self.paths.metrics("grpo"), self.ckpt_root, "grpo")
         learner, rollout, reference = self._groups(resume or self.start_model)
         state = learner.call("load_state", str(resume))[0] if resume else TrainerState()
         if resume:

@@ -12,6 +12,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 
+from awares_rl.run_paths import RunPaths  # noqa: E402
+
 
 def accuracy_vs_rtr(rows: Mapping[str, Mapping], path: str | Path, title: str = "") -> Path:
     """Scatter of accuracy % (y) against the paper's RTR (x), one labelled point per row
@@ -97,10 +99,11 @@ def learning_curves(run_dir: str | Path, path: str | Path) -> Path:
     """A 2 x 3 figure of a run's stages: pretraining loss and grounding accuracy, SFT train/val
     loss, GRPO reward and accuracy, RTR and crop rate, and PPO clip fraction / KL per step."""
     run = Path(run_dir)
-    log_file = run / "pretrain" / "pretrain_log.json"
+    paths = RunPaths(run)
+    log_file = paths.logs("pretrain") / "pretrain_log.json"
     pre = json.loads(log_file.read_text()) if log_file.is_file() else {}
     curve = pre.get("curve", [])
-    sft, grpo = read_metrics(run / "sft" / "metrics.jsonl"), read_metrics(run / "grpo" / "metrics.jsonl")
+    sft, grpo = read_metrics(paths.metrics("sft")), read_metrics(paths.metrics("grpo"))
     fig, axes = plt.subplots(2, 3, figsize=(14, 7.5), dpi=110)
     _panel(axes[0, 0], curve, ["loss"], "pretrain: loss", "NLL")
     _panel(axes[0, 1], pre.get("probes", []), ["grounding", "large_low", "medium_low", "small_low"],

@@ -1,11 +1,22 @@
-"""Where a run keeps its stages: data, the initial tiny model, and each stage's checkpoint."""
+"""Where a run keeps its files: the one place that knows the layout of a run directory.
+
+    <run>/data/{train,val,test}.jsonl          synthetic data (when data.dir is unset)
+    <run>/models/{init,base,sft,grpo}/          each stage's final model
+    <run>/{pretrain,sft,grpo,eval}/             a stage's logs: metrics.jsonl, W&B files
+    <run>/checkpoints/{sft,grpo}/step_*/        resumable checkpoints
+    <run>/trajectories/<split>.jsonl            SFT trajectories (+ .stats.json)
+    <run>/sweeps/<name>/                        reward sweeps (trials/<key>/ is a run of its own)
+    <run>/results.json, <run>/*.png             the final table and its figures
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-STAGES = ("grpo", "sft", "base", "init")  # newest first
+STAGES = ("grpo", "sft", "base", "init")  # models, newest first
+LOG_STAGES = ("pretrain", "sft", "grpo", "eval")  # stages that log into a folder of their own
+METRICS_FILE = "metrics.jsonl"  # one JSON row per step in a stage's log folder
 
 
 @dataclass(frozen=True)
@@ -27,3 +38,35 @@ class RunPaths:
             if (self.model(stage) / "config.json").is_file():
                 return self.model(stage)
         return None
+
+    def logs(self, stage: str) -> Path:
+        """A stage's log folder (``metrics.jsonl``, W&B files)."""
+        if stage not in LOG_STAGES:
+            raise ValueError(f"unknown stage {stage!r}; stages that log: {', '.join(LOG_STAGES)}")
+        return self.root / stage
+
+    def metrics(self, stage: str) -> Path:
+        return self.logs(stage) / METRICS_FILE
+
+    def checkpoints(self, stage: str) -> Path:
+        """Where ``stage`` (sft, grpo) keeps its resumable ``step_*`` checkpoints."""
+        if stage not in ("sft", "grpo"):
+            raise ValueError(f"stage {stage!r} keeps no checkpoints; sft and grpo do")
+        return self.root / "checkpoints" / stage
+
+    def trajectories(self, split: str) -> Path:
+        return self.root / "trajectories" / f"{split}.jsonl"
+
+    def trajectory_stats(self, split: str) -> Path:
+        return self.root / "trajectories" / f"{split}.stats.json"
+
+    def sweep(self, name: str) -> Path:
+        return self.root / "sweeps" / name
+
+    @property
+    def results(self) -> Path:
+        """The final table (``awares-rl run``; a sweep trial's result row)."""
+        return self.root / "results.json"
+
+    def figure(self, name: str) -> Path:
+        return self.root / f"{name}.png"

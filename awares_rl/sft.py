@@ -43,9 +43,9 @@ log = logging.getLogger(__name__)
 
 def trajectory_files(cfg: RecipeConfig) -> tuple[Path, Path | None]:
     """The train and (optional) val trajectory JSONL files of a recipe."""
-    root = cfg.run.dir / "trajectories"
-    train = Path(cfg.sft.train_file) if cfg.sft.train_file else root / "train.jsonl"
-    val = Path(cfg.sft.val_file) if cfg.sft.val_file else root / "val.jsonl"
+    paths = RunPaths(cfg.run.dir)
+    train = Path(cfg.sft.train_file) if cfg.sft.train_file else paths.trajectories("train")
+    val = Path(cfg.sft.val_file) if cfg.sft.val_file else paths.trajectories("val")
     if not train.is_file():
         raise ConfigError(f"sft.train_file: {train} not found; build it with "
                           "`awares-rl data trajectories --split train` or point sft.train_file at one")
@@ -79,8 +79,8 @@ class SFTTrainer:
 
     def __init__(self, cfg: RecipeConfig) -> None:
         self.cfg, self.paths = cfg, RunPaths(cfg.run.dir)
-        self.ckpt_root = cfg.run.dir / "checkpoints" / "sft"
-        self.out_dir = cfg.run.dir / "sft"
+        self.ckpt_root = self.paths.checkpoints("sft")
+        self.out_dir = self.paths.logs("sft")
         train_file, val_file = trajectory_files(cfg)
         self.train, self.train_root = read_trajectories(train_file), train_file.parent
         val = read_trajectories(val_file) if val_file else []
@@ -102,7 +102,7 @@ class SFTTrainer:
         s = self.cfg.sft
         resume = latest_checkpoint(self.ckpt_root) if s.resume else None
         if resume is None:
-            refuse_fresh_start(self.out_dir / "metrics.jsonl", self.ckpt_root, "sft")
+            refuse_fresh_start(self.paths.metrics("sft"), self.ckpt_root, "sft")
         group = learner_group(self.cfg, resume or self.model_dir)
         state = group.call("load_state", str(resume))[0] if resume else TrainerState()
         truncate_metrics(self.out_dir, state.step)  # rows a killed run logged after its checkpoint

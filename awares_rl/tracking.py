@@ -22,6 +22,7 @@ from PIL import Image, ImageDraw
 
 from awares_rl.crops import CROP_NAMES, NUM_CROPS, crop_boxes
 from awares_rl.episode import Episode
+from awares_rl.run_paths import METRICS_FILE
 
 Mode = Literal["offline", "online", "disabled"]
 MODES: tuple[str, ...] = ("offline", "online", "disabled")
@@ -261,7 +262,7 @@ def truncate_metrics(out_dir: Path, step: int) -> int:
     """Keep the rows of ``out_dir/metrics.jsonl`` up to ``step`` (the checkpoint a run resumes
     from; 0 for a fresh start): the resumed run logs the later steps again. A line cut short by a
     kill is dropped too. Returns the number of lines dropped."""
-    path = out_dir / "metrics.jsonl"
+    path = out_dir / METRICS_FILE
     if not path.is_file():
         return 0
     lines = path.read_text().splitlines()
@@ -284,5 +285,5 @@ def log_step(tracker: Tracker, out_dir: Path, metrics: dict[str, float], step: i
     """Log a step's metrics to W&B and append them to ``out_dir/metrics.jsonl``."""
     tracker.log(metrics, step=step)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / "metrics.jsonl", "a") as f:
+    with open(out_dir / METRICS_FILE, "a") as f:
         f.write(json.dumps({"step": step, **metrics}) + "\n")

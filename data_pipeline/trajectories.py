@@ -47,6 +47,7 @@ from tqdm import tqdm
 from awares_rl.crops import boxes_to_crops, low_res_view
 from awares_rl.images import DEFAULT_MAX_PIXELS
 from awares_rl.protocol import ToolCallError, format_tool_call, parse_tool_call
+from awares_rl.run_paths import RunPaths
 from data_pipeline.grounding import (
     DEFAULT_GROUNDING_PROMPT,
     Box,
@@ -540,7 +541,7 @@ def trajectories_from_recipe(recipe: str | Path, overrides: Sequence[str] = (), 
     data_file = ensure_data(rcfg, split)
     samples = read_samples(data_file)[0]
     model_dir = Path(model_dir or rcfg.model.path or _base_model(rcfg))
-    out = Path(out) if out else rcfg.run.dir / "trajectories" / f"{split}.jsonl"
+    out = Path(out) if out else RunPaths(rcfg.run.dir).trajectories(split)
     meta = {"model": str(model_dir.resolve()), "data": str(data_file.resolve())}
     max_pixels = rcfg.data.max_image_pixels
     if cfg.num_workers > 1:
@@ -562,7 +563,6 @@ def trajectories_from_recipe(recipe: str | Path, overrides: Sequence[str] = (), 
 
 def _base_model(rcfg) -> Path:
     from awares_rl.config_io import ConfigError
-    from awares_rl.run_paths import RunPaths
 
     base = RunPaths(rcfg.run.dir).model("base")
     if not (base / "config.json").is_file():

@@ -143,7 +143,7 @@ def test_sweep_runs_on_ray_tune_and_resumes(tmp_path, tool_model_dir, wandb_sand
     logged = [r for r in read_offline_run(out / "wandb") if "sweep" in r]  # not the trials' GRPO runs
     assert logged[0]["sweep"]["nrows"] == 4 and "pareto_png" in logged[0]
 
-    mtimes = {r["trial"]: (out / "trials" / r["trial"] / "result.json").stat().st_mtime for r in ok}
+    mtimes = {r["trial"]: (out / "trials" / r["trial"] / "results.json").stat().st_mtime for r in ok}
     try:  # resume: the finished trials are read back, not trained again
         again = run_sweep(str(RECIPE), overrides)
     finally:
@@ -151,7 +151,7 @@ def test_sweep_runs_on_ray_tune_and_resumes(tmp_path, tool_model_dir, wandb_sand
     status = {r["label"]: r["status"] for r in again["trials"]}
     assert status == {"mini_batches=1 λ=0": "cached", "mini_batches=1 λ=0.3": "cached",
                       "mini_batches=64 λ=0": "error", "mini_batches=64 λ=0.3": "error"}
-    assert all((out / "trials" / t / "result.json").stat().st_mtime == m for t, m in mtimes.items())
+    assert all((out / "trials" / t / "results.json").stat().st_mtime == m for t, m in mtimes.items())
 
 
 def test_a_trial_stopped_before_its_first_checkpoint_starts_over(tmp_path):

@@ -37,7 +37,7 @@ def stage_base(cfg: RecipeConfig) -> Path:
 
     out = RunPaths(cfg.run.dir).model("base")
     if not _done(out):
-        pcfg = replace(cfg.pretrain, out_dir=str(cfg.run.dir / "pretrain"), seed=cfg.run.seed,
+        pcfg = replace(cfg.pretrain, out_dir=str(RunPaths(cfg.run.dir).logs("pretrain")), seed=cfg.run.seed,
                        synth=cfg.synth, model=cfg.tiny)
         trained = fit(pcfg)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -51,7 +51,7 @@ def stage_trajectories(recipe: str, overrides: list[str], cfg: RecipeConfig) -> 
     from data_pipeline.trajectories import make_builder, trajectories_from_recipe
 
     base = stage_base(cfg)
-    todo = [s for s in ("train", "val", "test") if not (cfg.run.dir / "trajectories" / f"{s}.stats.json").is_file()]
+    todo = [s for s in ("train", "val", "test") if not RunPaths(cfg.run.dir).trajectory_stats(s).is_file()]
     if not todo:
         return
     builder = None
@@ -104,7 +104,7 @@ def final_table(cfg: RecipeConfig, base: Path, sft: Path, grpo: Path) -> dict[st
     finally:
         engine.close()
     for name, model in (("sft", sft), ("grpo", grpo)):
-        labels = cfg.run.dir / "trajectories" / f"{cfg.eval.split}.jsonl"
+        labels = RunPaths(cfg.run.dir).trajectories(cfg.eval.split)
         report = evaluate(replace(cfg, eval=replace(cfg.eval, modes=["policy"])), model, data,
                           labels if labels.is_file() else None)
         rows[name] = report["summary"]["policy"]
@@ -117,9 +117,10 @@ def log_results(cfg: RecipeConfig, rows: dict[str, dict]) -> None:
     from awares_rl.plots import accuracy_vs_rtr, learning_curves
     from awares_rl.tracking import stage_tracker
 
-    scatter = accuracy_vs_rtr(rows, cfg.run.dir / "accuracy_vs_rtr.png", f"{cfg.run.name} ({cfg.eval.split} split)")
-    curves = learning_curves(cfg.run.dir, cfg.run.dir / "learning_curves.png")
-    with stage_tracker(cfg, "eval", cfg.run.dir / "eval") as tracker:
+    paths = RunPaths(cfg.run.dir)
+    scatter = accuracy_vs_rtr(rows, paths.figure("accuracy_vs_rtr"), f"{cfg.run.name} ({cfg.eval.split} split)")
+    curves = learning_curves(cfg.run.dir, paths.figure("learning_curves"))
+    with stage_tracker(cfg, "eval", paths.logs("eval")) as tracker:
         tracker.log_results(rows, images={"accuracy_vs_rtr_png": scatter, "learning_curves_png": curves})
 
 
@@ -153,10 +154,10 @@ def run_pipeline(recipe: str, overrides: list[str]) -> dict:
     rows = final_table(cfg, base, sft, grpo)
     times["eval_s"] = time.perf_counter() - t0 - sum(times.values())
     results = {**rows, "stage_seconds": times, "total_seconds": time.perf_counter() - t0}
-    (cfg.run.dir / "results.json").write_text(json.dumps(results, indent=1))
+    RunPaths(cfg.run.dir).results.write_text(json.dumps(results, indent=1))
     log_results(cfg, rows)
     Console().print(results_table(rows))
-    print(f"results written to {cfg.run.dir / 'results.json'} ({results['total_seconds'] / 60:.1f} min)")
+    print(f"results written to {RunPaths(cfg.run.dir).results} ({results['total_seconds'] / 60:.1f} min)")
     return results
 
 

@@ -39,7 +39,7 @@ COLUMNS = ("label", "status", "accuracy", "rtr", "visual_tokens", "crop_rate", "
 
 
 def sweep_dir(cfg: RecipeConfig) -> Path:
-    return (cfg.run.dir / "sweeps" / cfg.sweep.name).resolve()
+    return RunPaths(cfg.run.dir).sweep(cfg.sweep.name).resolve()
 
 
 def trial_setup(cfg: RecipeConfig, trials: RecipeConfig) -> TrialSetup:
@@ -51,7 +51,7 @@ def trial_setup(cfg: RecipeConfig, trials: RecipeConfig) -> TrialSetup:
         raise ConfigError(f"sweep: no SFT model at {start}; train one first (`awares-rl run {cfg.run.name}` "
                           "or `awares-rl sft`), every trial starts from it")
     train, data = ensure_data(cfg, "train"), ensure_data(cfg, sw.eval_split).resolve()
-    labels = cfg.run.dir / "trajectories" / f"{sw.eval_split}.jsonl"
+    labels = paths.trajectories(sw.eval_split)
     base = replace(trials, grpo=replace(trials.grpo, steps=sw.grpo_steps),
                    data=replace(trials.data, dir=str(train.parent.resolve())))
     return TrialSetup(base, str(sweep_dir(cfg)), str(start.resolve()), str(data),

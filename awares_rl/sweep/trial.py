@@ -1,6 +1,6 @@
 """One sweep trial: GRPO from the run's SFT checkpoint with the trial's reward weights, then the
 policy evaluated on the sweep's split. Runs inside a Ray Tune trial; a trial whose
-``result.json`` exists is not re-run (the sweep resumes)."""
+``results.json`` exists is not re-run (the sweep resumes)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from awares_rl.config import RecipeConfig
+from awares_rl.run_paths import RunPaths
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +79,9 @@ def restart_unsaved(cfg: RecipeConfig) -> None:
     (GRPO refuses to restart over them): its GRPO folder is the sweep's own, so it starts over."""
     from awares_rl.checkpoint import latest_checkpoint
 
-    out = cfg.run.dir / "grpo"
-    if (out / "metrics.jsonl").is_file() and latest_checkpoint(cfg.run.dir / "checkpoints" / "grpo") is None:
+    paths = RunPaths(cfg.run.dir)
+    out = paths.logs("grpo")
+    if paths.metrics("grpo").is_file() and latest_checkpoint(paths.checkpoints("grpo")) is None:
         log.warning("trial %s was stopped before its first checkpoint: its GRPO run starts over", cfg.run.name)
         shutil.rmtree(out)
 
@@ -90,11 +92,11 @@ def run_trial(params: dict[str, Any], setup: TrialSetup) -> dict[str, Any]:
     from awares_rl.grpo import GRPOTrainer
 
     cfg = trial_config(setup, params)
-    done = cfg.run.dir / "result.json"
+    done = RunPaths(cfg.run.dir).results
     if done.is_file():
         return {**json.loads(done.read_text()), "cached": True}
     t0 = time.perf_counter()
-    model = cfg.run.dir / "models" / "grpo"
+    model = RunPaths(cfg.run.dir).model("grpo")
     if not (model / "config.json").is_file():  # a trial killed during its eval keeps its model
         restart_unsaved(cfg)
         model = GRPOTrainer(cfg, start_model=Path(setup.start_model)).fit()
