@@ -19,6 +19,7 @@ sweep: venv  # after `make run`: reward-weight trials from its SFT model, the ac
 	$(VENV)/bin/awares-rl sweep --recipe $(RECIPE) --max-rtr 0.3
 
 test: venv
+	$(VENV)/bin/lint-imports  # the layering (ARCHITECTURE.md), contracts in pyproject.toml
 	$(VENV)/bin/python -m pytest -q -m "not gpu" tests
 
 bench: venv

@@ -9,7 +9,7 @@ from PIL import Image
 
 @dataclass
 class RewardParts:
-    """R = w_ans * answer - crop_cost + format (shared/AWARES.md); each part kept for logging."""
+    """R = w_ans * answer - crop_cost + format (ARCHITECTURE.md, "Reward"); each part kept for logging."""
 
     answer: float  # R_ans from the judge, usually in [0, 1]
     crop_cost: float  # C_tool: alpha_miss | alpha_use + lambda * |C| | 0

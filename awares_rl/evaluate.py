@@ -1,4 +1,4 @@
-"""``awares-rl eval``: accuracy against cost for three ways of answering (shared/AWARES.md table).
+"""``awares-rl eval``: accuracy against cost for three ways of answering (ARCHITECTURE.md, "Metrics").
 
 - ``low``: one turn on the low-res view, the plain VQA prompt the base model was trained with
   (``data_pipeline.grounding.vqa_prompt_ids``: no tool prompt), RTR = low / full pixels (0.25).

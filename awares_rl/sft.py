@@ -1,4 +1,4 @@
-"""``awares-rl sft``: the AwaRes cold-start SFT on trajectories (shared/AWARES.md).
+"""``awares-rl sft``: the AwaRes cold-start SFT on trajectories (ARCHITECTURE.md).
 
 Multi-turn VLM fine-tuning on ``data_pipeline.trajectories`` JSONL: every trajectory is laid out
 exactly as the policy will see it at rollout (``learner.batch.trajectory_to_sequence``: the

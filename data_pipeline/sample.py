@@ -1,4 +1,4 @@
-"""``Sample``: one question about one image, and its JSONL form (shared/ARCHITECTURE.md).
+"""``Sample``: one question about one image, and its JSONL form (ARCHITECTURE.md, "Records").
 
 One JSON object a line::
 

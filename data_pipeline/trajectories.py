@@ -1,4 +1,4 @@
-"""SFT trajectories, built as the paper does (shared/AWARES.md, "Supervision built automatically").
+"""SFT trajectories, built as the paper does (AwaRes, arXiv 2603.16932: "Supervision built automatically"; ARCHITECTURE.md).
 
 1. The base model answers every sample greedily at LOW res (the 0.5 view) and at FULL res (the
    original image), as the plain VQA model it was pretrained as: no tool prompt, the exact prompt

@@ -1,7 +1,7 @@
 """Answer judges: ``fn(predictions, references, **kw) -> list[float]``, one score per prediction.
 
 ``predictions[i]`` is the model's final answer; ``references[i]`` the list of accepted answers
-(at least one). The benchmark metrics follow lmms-eval's definitions (shared/AWARES.md);
+(at least one). The benchmark metrics follow lmms-eval's definitions;
 ``embedding_cosine`` is the paper's R_ans and ``llm_judge`` asks an OpenAI-compatible endpoint.
 """
 

