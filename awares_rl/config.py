@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 from awares_rl.config_io import ConfigError, load_yaml, require
+from awares_rl.crops import LOW_RES_SCALE
 from awares_rl.models.tiny import TinyModelConfig
 from awares_rl.pretrain import PretrainConfig
 from awares_rl.sweep.config import SweepConfig, check_keys, search_space
@@ -68,7 +69,8 @@ class RolloutConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 24  # per turn
-    low_res_scale: float = 0.5  # the low-res view scales both sides by this
+    low_res_scale: float = LOW_RES_SCALE  # the low-res view scales both sides by this; the one setting
+    # for rollout, SFT trajectories (their low-res answers), SFT sequences and eval
     max_crops: int = 9  # a call naming more crops is invalid
     prefix_caching: bool = True  # vLLM: turn 2 reuses turn 1's KV blocks
     enforce_eager: bool = True  # vLLM: skip torch.compile (faster start on CPU)

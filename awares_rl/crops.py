@@ -59,14 +59,17 @@ def cut_crops(image: Image.Image, crop_ids: Sequence[int]) -> list[Image.Image]:
     return [image.crop(b) for b in crop_boxes(image.width, image.height, crop_ids)]
 
 
-def low_res_size(width: int, height: int, scale: float = 0.5) -> tuple[int, int]:
+LOW_RES_SCALE = 0.5  # the paper's low-res view: both sides x 0.5 (rollout.low_res_scale sets a run's)
+
+
+def low_res_size(width: int, height: int, scale: float = LOW_RES_SCALE) -> tuple[int, int]:
     """Size of the low-res view: both sides scaled by ``scale`` (at least 1 px)."""
     if not 0.0 < scale <= 1.0:
         raise ValueError(f"low-res scale must be in (0, 1], got {scale}")
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def low_res_view(image: Image.Image, scale: float = 0.5) -> Image.Image:
+def low_res_view(image: Image.Image, scale: float = LOW_RES_SCALE) -> Image.Image:
     """The cheap global view the model sees first (bicubic downscale of both sides)."""
     size = low_res_size(image.width, image.height, scale)
     return image if size == image.size else image.resize(size, Image.Resampling.BICUBIC)

@@ -44,7 +44,7 @@ from PIL import Image
 from rich.console import Console
 from tqdm import tqdm
 
-from awares_rl.crops import boxes_to_crops, low_res_view
+from awares_rl.crops import LOW_RES_SCALE, boxes_to_crops, low_res_view
 from awares_rl.images import DEFAULT_MAX_PIXELS
 from awares_rl.protocol import ToolCallError, format_tool_call, parse_tool_call
 from awares_rl.run_paths import RunPaths
@@ -78,7 +78,6 @@ class TrajectoryConfig:
     # policy that can learn WHEN it needs detail but not WHERE (the tiny model: see README).
     crop_labels: Literal["evidence", "whole-image"] = "evidence"
     max_new_tokens: int = 24  # answer length cap, both resolutions
-    low_res_scale: float = 0.5  # the low-res view; must equal rollout.low_res_scale
     vqa_system_prompt: str | None = None  # None: no system message, as pretrain trains the base model
     # metric -> judge for the labels, over the benchmark's own (reward.judges.route_judge); a
     # sample without a metric is judged by reward.judge, as in GRPO and eval
@@ -96,8 +95,6 @@ class TrajectoryConfig:
                 raise ValueError(f"trajectories.{name}={getattr(self, name)} must be >= 1")
         if not 0 < self.correct_threshold <= 1:
             raise ValueError(f"trajectories.correct_threshold={self.correct_threshold} must be in (0, 1]")
-        if not 0 < self.low_res_scale <= 1:
-            raise ValueError(f"trajectories.low_res_scale={self.low_res_scale} must be in (0, 1]")
         unknown = sorted(set(self.metric_judges) - set(BENCHMARK_JUDGES))
         if unknown:
             raise ValueError(f"trajectories.metric_judges: {unknown[0]!r} is not a sample metric; use keys "
@@ -284,11 +281,13 @@ class TrajectoryBuilder:
     """Turns a batch of samples into trajectories with one engine (steps 1-4 of the module doc).
 
     ``grounder`` serves samples that need a VLM box (``cfg.grounder`` "vlm", or "auto" without
-    dataset boxes); None builds a ``VLMGrounder`` on ``engine`` itself when first needed."""
+    dataset boxes); None builds a ``VLMGrounder`` on ``engine`` itself when first needed.
+    ``low_res_scale`` is the run's ``rollout.low_res_scale``: the view the policy will see."""
 
     def __init__(self, engine, tokenizer, judge_fn: JudgeFn, cfg: TrajectoryConfig,
-                 grounder: Grounder | None = None) -> None:
+                 grounder: Grounder | None = None, low_res_scale: float = LOW_RES_SCALE) -> None:
         self.engine, self.tokenizer, self.judge_fn, self.cfg = engine, tokenizer, judge_fn, cfg
+        self.low_res_scale = low_res_scale
         self.dataset_boxes, self.vlm = DatasetBoxes(), grounder
 
     def answers(self, images: Sequence[Image.Image], questions: Sequence[str]) -> list[str]:
@@ -341,7 +340,7 @@ class TrajectoryBuilder:
             except ImageError as e:
                 results[s.id] = Skipped(s.id, f"image: {e}")
         questions = [s.question for s, _ in ok]
-        low = self.answers([low_res_view(im, self.cfg.low_res_scale) for _, im in ok], questions)
+        low = self.answers([low_res_view(im, self.low_res_scale) for _, im in ok], questions)
         full = self.answers([im for _, im in ok], questions)
         refs, metrics = [list(s.answers) for s, _ in ok], [s.metric for s, _ in ok]
         scores = self.judge_fn(low + full, refs + refs, metrics + metrics) if ok else []
@@ -370,7 +369,7 @@ class TrajectoryBuilder:
 def build_trajectories(samples: Sequence[Sample], root: str | Path, engine, tokenizer, judge_fn: JudgeFn,
                        cfg: TrajectoryConfig, out: str | Path | None = None, grounder: Grounder | None = None,
                        split: str | None = None, limit: int | None = None, progress: bool = True,
-                       manifest: dict | None = None) -> list[Trajectory]:
+                       manifest: dict | None = None, low_res_scale: float = LOW_RES_SCALE) -> list[Trajectory]:
     """Trajectories of ``samples`` (images under ``root``), in sample order.
 
     With ``out``, results are appended to ``out`` batch by batch and ids already there (or in its
@@ -378,7 +377,7 @@ def build_trajectories(samples: Sequence[Sample], root: str | Path, engine, toke
     ``manifest`` (e.g. ``{"model": path}``) joins the config in ``out``'s manifest: a rerun with
     other settings raises. Returns every trajectory of ``samples`` done so far (old and new).
     """
-    builder = TrajectoryBuilder(engine, tokenizer, judge_fn, cfg, grounder)
+    builder = TrajectoryBuilder(engine, tokenizer, judge_fn, cfg, grounder, low_res_scale)
     out_dir = Path(out).parent if out is not None else None
 
     def process(batches: list[list[Sample]]) -> Iterator[list[Trajectory | Skipped]]:
@@ -482,7 +481,8 @@ def make_builder(model_dir: str | Path, rollout, model, cfg: TrajectoryConfig, r
         processor = load_processor(gdir)
         grounder = VLMGrounder(gengine, processor.tokenizer, cfg.box_coords, processor.image_processor,
                                cfg.grounding_prompt, cfg.grounder_max_new_tokens)
-    return TrajectoryBuilder(engine, engine_tokenizer(engine), make_judge_fn(cfg, reward_cfg), cfg, grounder)
+    return TrajectoryBuilder(engine, engine_tokenizer(engine), make_judge_fn(cfg, reward_cfg), cfg, grounder,
+                             low_res_scale=rollout.low_res_scale)
 
 
 def engine_tokenizer(engine):
@@ -529,20 +529,17 @@ def trajectories_from_recipe(recipe: str | Path, overrides: Sequence[str] = (), 
     """``awares-rl data trajectories``: build (or resume) a split's trajectories; returns the stats.
     ``builder`` (one engine for several splits, see ``make_builder``) is used when given."""
     from awares_rl.config import load_recipe
-    from awares_rl.config_io import ConfigError
     from awares_rl.workspace import ensure_data
     from data_pipeline.datasets import read_samples
 
     rcfg = load_recipe(recipe, list(overrides))
     cfg: TrajectoryConfig = getattr(rcfg, "trajectories", TrajectoryConfig())
-    if cfg.low_res_scale != rcfg.rollout.low_res_scale:
-        raise ConfigError(f"trajectories.low_res_scale={cfg.low_res_scale} differs from rollout.low_res_scale="
-                          f"{rcfg.rollout.low_res_scale}: set both to the view the policy sees")
     data_file = ensure_data(rcfg, split)
     samples = read_samples(data_file)[0]
     model_dir = Path(model_dir or rcfg.model.path or _base_model(rcfg))
     out = Path(out) if out else RunPaths(rcfg.run.dir).trajectories(split)
-    meta = {"model": str(model_dir.resolve()), "data": str(data_file.resolve())}
+    meta = {"model": str(model_dir.resolve()), "data": str(data_file.resolve()),
+            "low_res_scale": rcfg.rollout.low_res_scale}
     max_pixels = rcfg.data.max_image_pixels
     if cfg.num_workers > 1:
         args = (str(model_dir), rcfg.rollout, rcfg.model, cfg, rcfg.reward, rcfg.run.seed)

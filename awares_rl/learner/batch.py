@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from PIL import Image
 
-from awares_rl.crops import cut_crops, low_res_view
+from awares_rl.crops import LOW_RES_SCALE, cut_crops, low_res_view
 from awares_rl.episode import Episode
 from awares_rl.images import DEFAULT_MAX_PIXELS, load_image
 from awares_rl.protocol import parse_tool_call
@@ -140,7 +140,7 @@ def trajectory_to_sequence(
     tool_turn_weight: float = 5.0,
     image: Image.Image | None = None,
     root: str | Path | None = None,
-    low_res_scale: float = 0.5,
+    low_res_scale: float = LOW_RES_SCALE,
     system_prompt: str | None = None,
     max_image_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> TokenSequence:

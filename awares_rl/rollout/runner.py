@@ -10,7 +10,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from awares_rl.crops import cut_crops, low_res_view, retained_token_ratio
+from awares_rl.crops import LOW_RES_SCALE, cut_crops, low_res_view, retained_token_ratio
 from awares_rl.episode import Episode
 from awares_rl.images import DEFAULT_MAX_PIXELS, ImageError, check_image, load_image
 from awares_rl.protocol import ToolCallError, parse_answer, parse_tool_call
@@ -22,7 +22,7 @@ from awares_rl.tokens import IMAGE_TOKEN, crops_turn_ids, first_turn_ids
 class EpisodeSettings:
     """What shapes an episode (the runner's part of the rollout config)."""
 
-    low_res_scale: float = 0.5
+    low_res_scale: float = LOW_RES_SCALE
     max_crops: int = 9  # a call naming more crops is invalid ("too-many")
     system_prompt: str | None = None  # None: protocol.SYSTEM_PROMPT
     max_image_pixels: int = DEFAULT_MAX_PIXELS  # data.max_image_pixels: larger images are refused
