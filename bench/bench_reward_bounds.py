@@ -168,7 +168,7 @@ def main() -> None:
             "platform": platform.platform(),
             "load_avg_at_start": os.getloadavg(),
         },
-        "settings": vars(args),
+        "settings": {**vars(args), "out": os.path.relpath(args.out, ROOT)}  # no machine paths in the results
     }
     with DripServer(interval_s=args.drip) as drip:
         results |= run(args, drip)

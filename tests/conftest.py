@@ -4,11 +4,14 @@ use the crop tool."""
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import uvicorn
 from PIL import Image
 
 import awares_rl  # noqa: F401  (torchvision compat before transformers)
@@ -122,3 +125,15 @@ def wandb_sandbox(tmp_path, monkeypatch):
     cwd.mkdir()
     monkeypatch.chdir(cwd)
     return cwd
+
+
+def start_server(config: uvicorn.Config) -> tuple[uvicorn.Server, threading.Thread, str]:
+    """Run uvicorn in a thread until it listens; returns it, its thread and its base URL."""
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.started, "uvicorn did not start"
+    return server, thread, f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"

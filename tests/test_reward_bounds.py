@@ -21,6 +21,7 @@ from reward.http import create_app, server_config
 from reward.judges import exact_match
 from reward.llm_judge import LLMJudgeDeadlineError, llm_judge_with_sources
 from reward.service import RewardService
+from tests.conftest import start_server
 
 TOKEN = "test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -71,18 +72,6 @@ class DripServer:
         self.http.shutdown()
         self.http.server_close()
         self.thread.join(5)
-
-
-def start_server(config: uvicorn.Config) -> tuple[uvicorn.Server, threading.Thread, str]:
-    """Run uvicorn in a thread until it listens; returns it, its thread and its base URL."""
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started, "uvicorn did not start"
-    return server, thread, f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
 
 
 def bounded_cfg(judge_url: str = "http://127.0.0.1:9/v1", **kw: object) -> RewardConfig:

@@ -22,6 +22,7 @@ from reward.http import create_app, resolve_token
 from reward.openrlhf import parse_label, parse_response, response_turns
 from reward.scoring import NO_ANSWER, RewardRequest
 from reward.service import RewardPool, RewardService
+from tests.conftest import start_server
 
 TOKEN = "test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -81,15 +82,9 @@ def serve_app():
     servers: list[tuple[uvicorn.Server, threading.Thread]] = []
 
     def start(app) -> str:
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 20
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert server.started, "uvicorn did not start"
+        server, thread, url = start_server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
         servers.append((server, thread))
-        return f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+        return url
 
     yield start
     for server, thread in servers:
