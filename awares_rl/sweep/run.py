@@ -160,7 +160,7 @@ def live_table_callback(total: int):
 
 
 def write_outputs(cfg: RecipeConfig, rows: list[dict], refs: dict[str, dict], max_rtr: float | None,
-                  min_accuracy: float | None) -> dict[str, Any]:
+                  min_accuracy: float | None, seconds: float) -> dict[str, Any]:
     """trials.csv, pareto.json, pareto.png and the W&B run ``<name>-sweep-<sweep>``; returns pareto.json's content."""
     from awares_rl.plots import pareto_plot
     from awares_rl.tracking import stage_tracker
@@ -185,7 +185,7 @@ def write_outputs(cfg: RecipeConfig, rows: list[dict], refs: dict[str, dict], ma
                       f"{cfg.run.name}: {len(good)} trials x {cfg.sweep.grpo_steps} GRPO steps ({cfg.sweep.eval_split})")
     report = {"trials": rows, "front": [good[i]["trial"] for i in front], "references": refs,
               "target": {"max_rtr": max_rtr, "min_accuracy": min_accuracy},
-              "recommended": pick, "space": cfg.sweep.space, "search": cfg.sweep.search}
+              "recommended": pick, "space": cfg.sweep.space, "search": cfg.sweep.search, "seconds": seconds}
     (out / "pareto.json").write_text(json.dumps(report, indent=1))
     with stage_tracker(cfg, f"sweep-{cfg.sweep.name}", out) as tracker:
         cols = ["trial", "label", "status", *RESULT_KEYS]
@@ -222,9 +222,7 @@ def run_sweep(recipe: str, overrides: list[str], max_rtr: float | None = None,
                                   verbose=0, log_to_file=True, callbacks=[live_table_callback(sw.trials)],
                                   failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)))
     rows = trial_rows(tuner.fit())
-    report = write_outputs(cfg, rows, refs, max_rtr, min_accuracy)
-    report["seconds"] = time.perf_counter() - t0
-    (Path(setup.sweep_dir) / "pareto.json").write_text(json.dumps(report, indent=1))
+    report = write_outputs(cfg, rows, refs, max_rtr, min_accuracy, time.perf_counter() - t0)
     console.print(rows_table(rows, f"sweep {sw.name}: {len(rows)} trials in {report['seconds'] / 60:.1f} min"))
     _print_pick(console, report)
     console.print(f"table, front and plot in {setup.sweep_dir} (trials.csv, pareto.json, pareto.png)")
