@@ -302,7 +302,7 @@ def refuse_fresh_start(metrics: str | Path, ckpt_root: str | Path, stage: str) -
     """ConfigError if a run about to start from step 0 would log over the steps an earlier run
     logged to ``metrics`` (no checkpoint under ``ckpt_root`` that resume can read): a run never
     silently restarts and rewrites its history."""
-    from awares_rl.config_io import ConfigError
+    from awares_rl.core.config_io import ConfigError
 
     metrics = Path(metrics)
     rows = metrics.read_text(errors="replace").count("\n") if metrics.is_file() else 0

@@ -23,7 +23,7 @@ def _show_config(args: argparse.Namespace) -> int:
     import yaml
 
     from awares_rl.config import load_recipe
-    from awares_rl.config_io import to_dict
+    from awares_rl.core.config_io import to_dict
 
     print(yaml.safe_dump(to_dict(load_recipe(args.recipe, args.overrides)), sort_keys=False))
     return 0
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from awares_rl.config_io import ConfigError
+    from awares_rl.core.config_io import ConfigError
 
     try:
         return int(args.func(args) or 0)
@@ -80,10 +80,10 @@ def main(argv: list[str] | None = None) -> int:
 def input_errors() -> tuple[type[Exception], ...]:
     """The errors of bad user input (data, images, checkpoints), each naming the input and the fix."""
     from awares_rl.checkpoint import CheckpointFormatError
-    from awares_rl.images import ImageError
+    from awares_rl.core.images import ImageError
+    from awares_rl.core.sample import SampleError
+    from awares_rl.core.trajectory import TrajectoryError
     from data_pipeline.datasets import ConvertError
-    from data_pipeline.sample import SampleError
-    from data_pipeline.trajectories import TrajectoryError
 
     return SampleError, TrajectoryError, ImageError, CheckpointFormatError, ConvertError
 

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from awares_rl.config_io import ConfigError, load_yaml, require
-from awares_rl.crops import LOW_RES_SCALE
+from awares_rl.core.config_io import ConfigError, load_yaml, require
+from awares_rl.core.crops import LOW_RES_SCALE
 from awares_rl.models.tiny import TinyModelConfig
 from awares_rl.pretrain import PretrainConfig
 from awares_rl.sweep.config import SweepConfig, check_keys, search_space

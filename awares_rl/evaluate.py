@@ -29,14 +29,14 @@ from rich.console import Console
 from rich.table import Table
 
 from awares_rl.config import RecipeConfig, load_recipe
-from awares_rl.crops import low_res_view, retained_token_ratio
-from awares_rl.images import ImageError, load_image
+from awares_rl.core.crops import low_res_view, retained_token_ratio
+from awares_rl.core.engine import GenRequest
+from awares_rl.core.images import ImageError, load_image
+from awares_rl.core.sample import Sample, SampleError, iter_jsonl
+from awares_rl.core.tokens import IMAGE_TOKEN, image_token_counts
+from awares_rl.core.trajectory import Trajectory
 from awares_rl.rollout import EpisodeRunner, EpisodeSettings, SamplingConfig, make_engine
-from awares_rl.rollout.engine import GenRequest
-from awares_rl.tokens import IMAGE_TOKEN, image_token_counts
 from data_pipeline.grounding import vqa_prompt_ids
-from data_pipeline.sample import Sample, SampleError, iter_jsonl
-from data_pipeline.trajectories import Trajectory
 from reward.judges import route_judge
 from reward.scoring import run_judge
 
@@ -297,7 +297,7 @@ def evaluate(cfg: RecipeConfig, checkpoint: str | Path, data: str | Path,
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from awares_rl.run_paths import RunPaths
+    from awares_rl.core.run_paths import RunPaths
     from awares_rl.workspace import ensure_data
 
     cfg = load_recipe(args.recipe, args.overrides)

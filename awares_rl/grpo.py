@@ -31,12 +31,12 @@ from awares_rl.checkpoint import (
     step_dir,
 )
 from awares_rl.config import RecipeConfig, load_recipe
-from awares_rl.episode import Episode
+from awares_rl.core.episode import Episode
+from awares_rl.core.run_paths import RunPaths
 from awares_rl.learner.batch import TokenSequence, episode_to_sequence
 from awares_rl.learner.ppo import PPOClip, pool_steps
 from awares_rl.learner.worker import LearnerWorker, OptimSettings
 from awares_rl.rollout.worker import RolloutWorker
-from awares_rl.run_paths import RunPaths
 from awares_rl.sampling import PromptSampler, sampling_seed
 from awares_rl.tracking import episode_metrics, log_step, stage_tracker, truncate_metrics
 from awares_rl.workspace import ensure_data

@@ -12,7 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 
-from awares_rl.run_paths import RunPaths  # noqa: E402
+from awares_rl.core.run_paths import RunPaths  # noqa: E402
 
 
 def accuracy_vs_rtr(rows: Mapping[str, Mapping], path: str | Path, title: str = "") -> Path:

@@ -22,7 +22,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from awares_rl.algo import weighted_token_nll
-from awares_rl.crops import NUM_CROPS, boxes_to_crops, crop_boxes, cut_crops, low_res_view
+from awares_rl.core.crops import NUM_CROPS, boxes_to_crops, crop_boxes, cut_crops, low_res_view
+from awares_rl.core.sample import Sample
 from awares_rl.learner.fast_vision import fast_vision
 from awares_rl.learner.sft_batch import (
     Conversation,
@@ -33,7 +34,6 @@ from awares_rl.learner.sft_batch import (
 from awares_rl.models.tiny import TinyModelConfig, build_tiny
 from awares_rl.vqa import accuracy_by_group, answer_questions
 from data_pipeline.config import SynthConfig
-from data_pipeline.sample import Sample
 from data_pipeline.scene import (
     locate_question,
     locate_questions,

@@ -27,16 +27,16 @@ from awares_rl.checkpoint import (
     step_dir,
 )
 from awares_rl.config import RecipeConfig, load_recipe
-from awares_rl.config_io import ConfigError
+from awares_rl.core.config_io import ConfigError
+from awares_rl.core.run_paths import RunPaths
+from awares_rl.core.trajectory import Trajectory, read_trajectories
 from awares_rl.learner.batch import TokenSequence, trajectory_to_sequence
 from awares_rl.learner.objective import WeightedNLL
 from awares_rl.learner.worker import LearnerWorker, OptimSettings
 from awares_rl.models import load_processor
-from awares_rl.run_paths import RunPaths
 from awares_rl.sampling import PromptSampler
 from awares_rl.tracking import log_step, stage_tracker, truncate_metrics
 from cluster.actor_group import ActorGroup, ensure_ray
-from data_pipeline.trajectories import Trajectory, read_trajectories
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ from typing import Any, Literal
 import wandb
 from PIL import Image, ImageDraw
 
-from awares_rl.crops import CROP_NAMES, NUM_CROPS, crop_boxes
-from awares_rl.episode import Episode
-from awares_rl.run_paths import METRICS_FILE
+from awares_rl.core.crops import CROP_NAMES, NUM_CROPS, crop_boxes
+from awares_rl.core.episode import Episode
+from awares_rl.core.run_paths import METRICS_FILE
 
 Mode = Literal["offline", "online", "disabled"]
 MODES: tuple[str, ...] = ("offline", "online", "disabled")
@@ -251,7 +251,7 @@ __all__ = ["Tracker", "draw_crop_boxes", "episode_metrics", "episode_row"]
 
 def stage_tracker(cfg, stage: str, out_dir: Path) -> Tracker:
     """The W&B run of one training stage of a recipe (``<run.name>-<stage>``), files in ``out_dir``."""
-    from awares_rl.config_io import to_dict
+    from awares_rl.core.config_io import to_dict
 
     lc = cfg.logging
     return Tracker(lc.project, f"{cfg.run.name}-{stage}", out_dir, to_dict(cfg),

@@ -6,8 +6,8 @@ import logging
 from pathlib import Path
 
 from awares_rl.config import RecipeConfig
-from awares_rl.config_io import ConfigError
-from awares_rl.run_paths import RunPaths
+from awares_rl.core.config_io import ConfigError
+from awares_rl.core.run_paths import RunPaths
 
 log = logging.getLogger(__name__)
 

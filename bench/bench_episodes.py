@@ -20,10 +20,10 @@ import numpy as np
 from PIL import Image
 
 import awares_rl  # noqa: F401
-from awares_rl.crops import cut_crops, low_res_view
+from awares_rl.core.crops import cut_crops, low_res_view
+from awares_rl.core.engine import GenRequest, SamplingConfig
+from awares_rl.core.tokens import assistant_ids, crops_turn_ids, first_turn_ids
 from awares_rl.models.tiny import save_tiny
-from awares_rl.rollout.engine import GenRequest, SamplingConfig
-from awares_rl.tokens import assistant_ids, crops_turn_ids, first_turn_ids
 
 SAMPLING = SamplingConfig(temperature=0.0, max_new_tokens=16)
 

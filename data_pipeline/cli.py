@@ -10,7 +10,7 @@ import argparse
 import sys
 from dataclasses import fields
 
-from awares_rl.images import DEFAULT_MAX_PIXELS
+from awares_rl.core.images import DEFAULT_MAX_PIXELS
 from data_pipeline.config import SynthConfig
 from data_pipeline.formats import CONVERTERS
 
@@ -68,7 +68,8 @@ def add_trajectories_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_trajectories(args: argparse.Namespace) -> int:
-    from data_pipeline.trajectories import TrajectoryError, trajectories_from_recipe
+    from awares_rl.core.trajectory import TrajectoryError
+    from data_pipeline.trajectories import trajectories_from_recipe
 
     try:
         trajectories_from_recipe(args.recipe, args.overrides, args.split, args.model, args.out,
@@ -121,8 +122,8 @@ def run_convert(args: argparse.Namespace) -> int:
 
 
 def run_validate(args: argparse.Namespace) -> int:
+    from awares_rl.core.sample import SampleError
     from data_pipeline.datasets import read_samples
-    from data_pipeline.sample import SampleError
 
     try:
         samples, report = read_samples(args.src, args.on_error, decode_images=True, max_pixels=args.max_pixels)

@@ -22,15 +22,15 @@ from typing import Any
 
 from PIL import Image
 
-from awares_rl.images import DEFAULT_MAX_PIXELS, ImageError, load_image
-from data_pipeline.formats import CONVERTERS, IMAGE_DIRS, METRIC, RawSample, RecordError
-from data_pipeline.sample import (
+from awares_rl.core.images import DEFAULT_MAX_PIXELS, ImageError, load_image
+from awares_rl.core.sample import (
     Sample,
     SampleError,
     iter_jsonl_lines,
     parse_line,
     write_jsonl,
 )
+from data_pipeline.formats import CONVERTERS, IMAGE_DIRS, METRIC, RawSample, RecordError
 
 ON_ERROR = ("fail", "skip")
 

@@ -21,12 +21,13 @@ from typing import TYPE_CHECKING, Protocol
 
 from PIL import Image
 
+from awares_rl.core.trajectory import Box
+
 if TYPE_CHECKING:
-    from data_pipeline.sample import Sample
+    from awares_rl.core.sample import Sample
 
 log = logging.getLogger(__name__)
 
-Box = tuple[float, float, float, float]  # (x1, y1, x2, y2), pixels of the original image
 COORDS = ("resized", "pixels", "norm1000")
 DEFAULT_GROUNDING_PROMPT = (
     "Question: {question}\nAnswer: {answer}\nGive the bounding box of the image region that shows "
@@ -141,7 +142,7 @@ class VLMGrounder:
     def ground_batch(self, images: Sequence[Image.Image], questions: Sequence[str],
                      answers: Sequence[str]) -> list[list[Box]]:
         """Boxes for each item, one batched engine call; [] where the reply held no box."""
-        from awares_rl.rollout.engine import GenRequest, SamplingConfig
+        from awares_rl.core.engine import GenRequest, SamplingConfig
 
         requests = [
             GenRequest(vqa_prompt_ids(self.tokenizer, self.prompt.format(question=q, answer=a)), [im])

@@ -3,7 +3,7 @@
 Design (why a tiny VLM learns it in minutes; measurements in data_pipeline/README.md):
   - The question names a panel by its colour ("the red panel"): a coarse cue that survives any
     downscale. Panels lie inside the four quadrants, so the crop that shows a detail at full
-    resolution is unambiguous: quadrant q -> crop id q (``awares_rl.crops``).
+    resolution is unambiguous: quadrant q -> crop id q (``awares_rl.core.crops``).
   - The default detail is a texture swatch in the panel's colour (pattern: horizontal, vertical,
     checker), anchored to the image origin so that each 14-px ViT patch sees one fixed template.
   - Small tier: 1-px cells (period 2), which the 0.5 low-res view averages to a flat tint
@@ -25,11 +25,11 @@ import hashlib
 import numpy as np
 from PIL import Image
 
-from awares_rl.crops import crop_box
+from awares_rl.core.crops import crop_box
+from awares_rl.core.sample import Sample
 from data_pipeline import render
 from data_pipeline.config import MEDIUM_TIER_FAMILIES, SMALL_TIER_FAMILIES, SynthConfig
 from data_pipeline.render import MARK_COLOURS, PALETTE, PATTERNS, SHAPES, Box
-from data_pipeline.sample import Sample
 
 QUESTIONS = {
     "pattern": "What pattern is in the {colour} panel?",

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from awares_rl.core.sample import Sample, SampleError, iter_jsonl, parse_line, write_jsonl
 from data_pipeline.config import SynthConfig
-from data_pipeline.sample import Sample, SampleError, iter_jsonl, parse_line, write_jsonl
 from data_pipeline.scene import make_scene, sample_id
 
 GENERATOR_VERSION = 1

@@ -6,7 +6,7 @@
 2. A judge (``reward.judges``, chosen by the sample's metric) scores both answers against the
    ground truth; a crop is needed iff ``low_res_score < correct_threshold <= full_res_score``.
 3. For crop-needed samples, evidence boxes (the dataset's, or a grounding VLM's) map to crop ids
-   with ``awares_rl.crops.boxes_to_crops`` (``box_rule``); with ``crop_labels="whole-image"`` the
+   with ``awares_rl.core.crops.boxes_to_crops`` (``box_rule``); with ``crop_labels="whole-image"`` the
    call asks for the top and bottom halves instead (the same decision, no localisation needed).
 4. One trajectory per sample: ``["<answer>"]`` or ``["GET_CROPS: ['0']", "<answer>"]``.
 
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
@@ -44,20 +43,20 @@ from PIL import Image
 from rich.console import Console
 from tqdm import tqdm
 
-from awares_rl.crops import LOW_RES_SCALE, boxes_to_crops, low_res_view
-from awares_rl.images import DEFAULT_MAX_PIXELS
-from awares_rl.protocol import ToolCallError, format_tool_call, parse_tool_call
-from awares_rl.run_paths import RunPaths
+from awares_rl.core.crops import LOW_RES_SCALE, boxes_to_crops, low_res_view
+from awares_rl.core.images import DEFAULT_MAX_PIXELS
+from awares_rl.core.protocol import format_tool_call
+from awares_rl.core.run_paths import RunPaths
+from awares_rl.core.sample import Sample, iter_jsonl
+from awares_rl.core.trajectory import Box, Trajectory, TrajectoryError, read_trajectories
 from data_pipeline.grounding import (
     DEFAULT_GROUNDING_PROMPT,
-    Box,
     DatasetBoxes,
     Grounder,
     VLMGrounder,
     ground_many,
     vqa_prompt_ids,
 )
-from data_pipeline.sample import Sample, iter_jsonl
 from reward.judges import BENCHMARK_JUDGES, JUDGES, route_judge
 
 log = logging.getLogger(__name__)
@@ -115,135 +114,11 @@ class TrajectoryConfig:
 WHOLE_IMAGE_CROPS = (5, 6)  # the top and bottom halves of the crop set: together, the whole image
 
 
-# ---------------------------------------------------------------- the record
-class TrajectoryError(ValueError):
-    """A malformed trajectory line; ``where`` is ``file:line``."""
-
-    def __init__(self, where: str, field_name: str, problem: str) -> None:
-        self.where, self.field = where, field_name
-        super().__init__(f"{where}: field {field_name!r}: {problem}")
-
-
-def _is_str(v: Any) -> bool:
-    return isinstance(v, str)
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _is_box(v: Any) -> bool:
-    return isinstance(v, list) and len(v) == 4 and all(_is_num(x) for x in v) and v[2] > v[0] and v[3] > v[1]
-
-
-_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "id": (lambda v: _is_str(v) and bool(v), "a non-empty string"),
-    "image": (lambda v: _is_str(v) and bool(v), "a non-empty string"),
-    "question": (_is_str, "a string"),
-    "answers": (lambda v: isinstance(v, list) and bool(v) and all(map(_is_str, v)), "a non-empty list of strings"),
-    "metric": (lambda v: v is None or _is_str(v), "a string or null"),
-    "split": (lambda v: v is None or _is_str(v), "a string or null"),
-    "needs_crop": (lambda v: isinstance(v, bool), "true or false"),
-    "crop_ids": (lambda v: isinstance(v, list) and all(type(c) is int and 0 <= c <= 8 for c in v)
-                 and len(set(v)) == len(v), "a list of unique ints in 0..8"),
-    "turns": (lambda v: isinstance(v, list) and 1 <= len(v) <= 2 and all(map(_is_str, v)), "1 or 2 strings"),
-    "low_res_answer": (_is_str, "a string"),
-    "full_res_answer": (_is_str, "a string"),
-    "low_res_score": (_is_num, "a finite number"),
-    "full_res_score": (_is_num, "a finite number"),
-    "needs_high_res": (lambda v: v is None or isinstance(v, bool), "true, false or null"),
-    "evidence_boxes": (lambda v: isinstance(v, list) and all(map(_is_box, v)), "a list of [x1, y1, x2, y2]"),
-    "box_source": (lambda v: v is None or v in ("dataset", "vlm"), '"dataset", "vlm" or null'),
-}
-
-
-@dataclass(frozen=True)
-class Trajectory:
-    """One SFT trajectory: a direct answer, or GET_CROPS -> crops -> answer (see module doc)."""
-
-    id: str
-    image: str  # relative to the folder of the JSONL file that lists it
-    question: str
-    answers: tuple[str, ...]
-    metric: str | None
-    split: str | None
-    needs_crop: bool
-    crop_ids: tuple[int, ...]
-    turns: tuple[str, ...]
-    low_res_answer: str
-    full_res_answer: str
-    low_res_score: float
-    full_res_score: float
-    needs_high_res: bool | None
-    evidence_boxes: tuple[Box, ...] = ()
-    box_source: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        out = asdict(self)
-        for key in ("answers", "crop_ids", "turns"):
-            out[key] = list(out[key])
-        out["evidence_boxes"] = [list(b) for b in self.evidence_boxes]
-        return out
-
-    def to_line(self) -> str:
-        return json.dumps(self.to_json(), ensure_ascii=False)
-
-    @classmethod
-    def from_json(cls, obj: Any, where: str = "<trajectory>") -> Trajectory:
-        """Validate a decoded line; ``TrajectoryError`` names ``where`` and the field."""
-        if not isinstance(obj, dict):
-            raise TrajectoryError(where, "<line>", f"expected a JSON object, got {type(obj).__name__}")
-        unknown = sorted(set(obj) - set(_CHECKS))
-        if unknown:
-            raise TrajectoryError(where, unknown[0], f"unknown field (known: {', '.join(_CHECKS)})")
-        obj = {"evidence_boxes": [], "box_source": None, **obj}
-        for key, (ok, what) in _CHECKS.items():
-            if key not in obj:
-                raise TrajectoryError(where, key, "is missing")
-            if not ok(obj[key]):
-                raise TrajectoryError(where, key, f"must be {what}, got {obj[key]!r}")
-        _check_turns(obj, where)
-        return cls(**{**obj, "answers": tuple(obj["answers"]), "crop_ids": tuple(obj["crop_ids"]),
-                      "turns": tuple(obj["turns"]),
-                      "evidence_boxes": tuple(tuple(map(float, b)) for b in obj["evidence_boxes"]),
-                      "low_res_score": float(obj["low_res_score"]),
-                      "full_res_score": float(obj["full_res_score"])})
-
-
-def _check_turns(obj: dict, where: str) -> None:
-    """turns agree with needs_crop and crop_ids: [call naming crop_ids, answer] or [answer]."""
-    turns, crops = obj["turns"], obj["crop_ids"]
-    try:
-        called = parse_tool_call(turns[0])
-    except ToolCallError as e:
-        raise TrajectoryError(where, "turns", f"turn 1 is a malformed tool call ({e.reason})") from e
-    if obj["needs_crop"]:
-        if not crops or len(turns) != 2 or called != crops:
-            raise TrajectoryError(where, "turns", f"needs_crop is true: expected [{format_tool_call(crops or [0])!r}, "
-                                  f"answer] naming crop_ids {crops} (non-empty), got {turns!r}")
-    elif crops or len(turns) != 1 or called is not None:
-        raise TrajectoryError(where, "turns", f"needs_crop is false: expected [answer] and crop_ids [], got {turns!r}")
-
-
 def needs_crop(low_res_score: float, full_res_score: float, threshold: float = 0.5) -> bool:
     """The paper's label: the low-res answer is wrong and the full-res answer is right."""
     return low_res_score < threshold <= full_res_score
 
 
-def read_trajectories(path: str | Path) -> list[Trajectory]:
-    """Read and validate a trajectory JSONL file; errors name ``file:line``; ids must be unique."""
-    path, out, seen = Path(path), [], set()
-    for lineno, line in iter_jsonl(path):
-        where = f"{path}:{lineno}"
-        try:
-            t = Trajectory.from_json(json.loads(line), where)
-        except json.JSONDecodeError as e:
-            raise TrajectoryError(where, "<line>", f"invalid JSON ({e.msg} at column {e.colno})") from e
-        if t.id in seen:
-            raise TrajectoryError(where, "id", f"duplicate id {t.id!r}")
-        seen.add(t.id)
-        out.append(t)
-    return out
 
 
 # ---------------------------------------------------------------- judging
@@ -292,7 +167,7 @@ class TrajectoryBuilder:
 
     def answers(self, images: Sequence[Image.Image], questions: Sequence[str]) -> list[str]:
         """Greedy plain-VQA answers, one batched engine call."""
-        from awares_rl.rollout.engine import GenRequest, SamplingConfig
+        from awares_rl.core.engine import GenRequest, SamplingConfig
 
         reqs = [GenRequest(vqa_prompt_ids(self.tokenizer, q, self.cfg.vqa_system_prompt), [im])
                 for im, q in zip(images, questions, strict=True)]
@@ -329,7 +204,7 @@ class TrajectoryBuilder:
         """One result per sample, in order. ``root``: the samples' JSONL folder; ``out_dir``: the
         folder image paths are made relative to (default ``root``); an image over ``max_pixels``
         (data.max_image_pixels) or unreadable is a Skipped with its reason."""
-        from awares_rl.images import ImageError, load_image
+        from awares_rl.core.images import ImageError, load_image
 
         root = Path(root)
         results: dict[str, Trajectory | Skipped] = {}
@@ -559,7 +434,7 @@ def trajectories_from_recipe(recipe: str | Path, overrides: Sequence[str] = (), 
 
 
 def _base_model(rcfg) -> Path:
-    from awares_rl.config_io import ConfigError
+    from awares_rl.core.config_io import ConfigError
 
     base = RunPaths(rcfg.run.dir).model("base")
     if not (base / "config.json").is_file():

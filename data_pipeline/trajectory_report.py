@@ -11,8 +11,9 @@ from typing import Any
 
 from rich.table import Table
 
-from data_pipeline.sample import iter_jsonl
-from data_pipeline.trajectories import Trajectory, _paths, read_trajectories
+from awares_rl.core.sample import iter_jsonl
+from awares_rl.core.trajectory import Trajectory, read_trajectories
+from data_pipeline.trajectories import _paths
 
 
 def _group_stats(trajs: Sequence[Trajectory], threshold: float) -> dict[str, Any]:

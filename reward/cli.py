@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from awares_rl.config_io import ConfigError, apply_overrides, build
+from awares_rl.core.config_io import ConfigError, apply_overrides, build
 from reward.config import RewardConfig
 
 

@@ -26,7 +26,7 @@ from tenacity import (
     wait_exponential,
 )
 
-from awares_rl.episode import Episode, RewardParts
+from awares_rl.core.episode import Episode, RewardParts
 from reward.scoring import RewardRequest
 
 RETRY_STATUS = frozenset({429, 502, 503})

@@ -29,7 +29,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from awares_rl.episode import RewardParts
+from awares_rl.core.episode import RewardParts
 from reward.config import RewardConfig
 from reward.llm_judge import LLMJudgeError
 from reward.openrlhf import openrlhf_requests, openrlhf_response

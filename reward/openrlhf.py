@@ -20,8 +20,8 @@ import json
 import re
 from collections.abc import Sequence
 
-from awares_rl.episode import RewardParts
-from awares_rl.protocol import ToolCallError, parse_answer, parse_tool_call
+from awares_rl.core.episode import RewardParts
+from awares_rl.core.protocol import ToolCallError, parse_answer, parse_tool_call
 from reward.scoring import RewardRequest
 
 ASSISTANT = "<|im_start|>assistant"

@@ -10,7 +10,7 @@ import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from awares_rl.episode import Episode, RewardParts
+from awares_rl.core.episode import Episode, RewardParts
 from reward.config import RewardConfig
 from reward.crop_cost import compose_reward, crop_cost, format_reward
 from reward.judges import get_judge

@@ -15,15 +15,15 @@ import uvicorn
 from PIL import Image
 
 import awares_rl  # noqa: F401  (torchvision compat before transformers)
-from awares_rl.crops import cut_crops, low_res_view
-from awares_rl.models.tiny import TinyModelConfig, build_tiny
-from awares_rl.tokens import (
+from awares_rl.core.crops import cut_crops, low_res_view
+from awares_rl.core.tokens import (
     assistant_ids,
     crops_turn_ids,
     expand_image_tokens,
     first_turn_ids,
     image_token_counts,
 )
+from awares_rl.models.tiny import TinyModelConfig, build_tiny
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

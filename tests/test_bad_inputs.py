@@ -29,14 +29,14 @@ from PIL import Image
 import awares_rl.evaluate as evaluate
 from awares_rl import checkpoint as ckpt
 from awares_rl.config import load_recipe
-from awares_rl.config_io import ConfigError
-from awares_rl.images import ImageError, load_image
-from awares_rl.protocol import ToolCallError, parse_answer, parse_tool_call
-from awares_rl.rollout.engine import GenOutput
+from awares_rl.core.config_io import ConfigError
+from awares_rl.core.engine import GenOutput
+from awares_rl.core.images import ImageError, load_image
+from awares_rl.core.protocol import ToolCallError, parse_answer, parse_tool_call
+from awares_rl.core.sample import Sample, SampleError
 from awares_rl.rollout.runner import EpisodeRunner, EpisodeSettings, SamplingConfig
 from data_pipeline.cli import run_validate
 from data_pipeline.datasets import ConvertError, convert, read_samples
-from data_pipeline.sample import Sample, SampleError
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes/tiny_cpu.yaml"

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from awares_rl.config import RecipeConfig, load_recipe
-from awares_rl.config_io import ConfigError
+from awares_rl.core.config_io import ConfigError
 
 RECIPES = sorted(Path(__file__).resolve().parents[1].joinpath("recipes").rglob("*.yaml"))
 

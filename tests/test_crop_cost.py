@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from awares_rl.episode import Episode, RewardParts
+from awares_rl.core.episode import Episode, RewardParts
 from reward.config import RewardConfig
 from reward.crop_cost import compose_reward, crop_cost, format_reward
 from reward.scoring import NO_ANSWER, RewardRequest, score_episodes, score_requests

@@ -1,7 +1,7 @@
 import pytest
 from PIL import Image
 
-from awares_rl.crops import (
+from awares_rl.core.crops import (
     CROP_NAMES,
     boxes_to_crops,
     crop_boxes,

@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 import awares_rl  # noqa: F401  (torchvision shim before transformers / datasets)
+from awares_rl.core.sample import Sample, SampleError
 from data_pipeline.cli import add_data_parsers
 from data_pipeline.datasets import ConvertError, convert, read_samples
-from data_pipeline.sample import Sample, SampleError
 
 METRICS = {"docvqa": "anls", "infovqa": "anls", "chartqa": "relaxed", "textvqa": "vqa", "vstar": "exact"}
 VSTAR_TEXT = "What is the colour of the cup?\n(A) red\n(B) blue\n(C) green\n(D) white\nAnswer with the option's letter."

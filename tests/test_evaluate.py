@@ -8,10 +8,10 @@ import json
 
 import pytest
 
-from awares_rl.crops import cut_crops, low_res_view, retained_token_ratio
+from awares_rl.core.crops import cut_crops, low_res_view, retained_token_ratio
+from awares_rl.core.tokens import image_token_counts
 from awares_rl.evaluate import add_eval_parser
 from awares_rl.models import load_processor
-from awares_rl.tokens import image_token_counts
 from tests.conftest import TOOL_Q, episode_inputs
 from tests.test_sft import REPO, trajectory_line
 

@@ -8,13 +8,13 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from awares_rl.config import ConfigError, load_recipe
+from awares_rl.core.tokens import image_token_counts
 from awares_rl.models import family_of, load_policy
 from awares_rl.models.family import families, get_family
 from awares_rl.models.qwen3_vl import sincos_2d
 from awares_rl.models.tiny import TinyModelConfig, build_tiny, save_tiny
 from awares_rl.rollout import EpisodeRunner, SamplingConfig
 from awares_rl.rollout.hf_engine import HFEngine
-from awares_rl.tokens import image_token_counts
 from tests.conftest import make_image, train_tool_model
 from tests.test_engines import samples_and_images
 

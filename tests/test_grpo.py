@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from awares_rl.config import load_recipe
-from awares_rl.episode import Episode, RewardParts
+from awares_rl.core.episode import Episode, RewardParts
 from awares_rl.grpo import GRPOTrainer, episode_advantages
 from awares_rl.sampling import PromptSampler, sampling_seed
 from awares_rl.tracking import EPISODE_COLUMNS

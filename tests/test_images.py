@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from awares_rl.images import ImageError, load_image, to_rgb
+from awares_rl.core.images import ImageError, load_image, to_rgb
 
 
 @pytest.mark.parametrize("mode", ["L", "LA", "P", "RGBA", "CMYK", "I;16", "1"])

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from awares_rl.config import load_recipe
+from awares_rl.core.sample import Sample
 from awares_rl.evaluate import EvalItem, Prediction, score
-from data_pipeline.sample import Sample
 from data_pipeline.trajectories import make_judge_fn
 from reward.judges import anls, route_judge
 from reward.scoring import RewardRequest, answer_scores

@@ -12,7 +12,7 @@ import torch
 
 from awares_rl.algo import policy_loss
 from awares_rl.config import GRPOConfig, LearnerConfig
-from awares_rl.config_io import ConfigError, apply_overrides, build
+from awares_rl.core.config_io import ConfigError, apply_overrides, build
 from awares_rl.grpo import attach_logprobs, minibatch_indices
 from awares_rl.learner.ppo import PPOClip, finish_stats, pool_steps
 from awares_rl.learner.worker import LearnerWorker, OptimSettings

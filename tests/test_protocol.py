@@ -1,6 +1,6 @@
 import pytest
 
-from awares_rl.protocol import (
+from awares_rl.core.protocol import (
     ToolCallError,
     crops_user_message,
     format_tool_call,

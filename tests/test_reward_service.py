@@ -15,7 +15,7 @@ import httpx
 import pytest
 import uvicorn
 
-from awares_rl.episode import Episode, RewardParts
+from awares_rl.core.episode import Episode, RewardParts
 from reward.client import RewardClient, RewardClientError
 from reward.config import RewardConfig
 from reward.http import create_app, resolve_token
@@ -268,7 +268,7 @@ def test_serve_refuses_without_token(monkeypatch):
 
 def test_cli_config_and_refusal(tmp_path, monkeypatch, capsys):
     from awares_rl.cli import main
-    from awares_rl.config_io import ConfigError
+    from awares_rl.core.config_io import ConfigError
     from reward.cli import load_reward_config
 
     recipe = tmp_path / "r.yaml"

@@ -14,7 +14,7 @@ import pytest
 import ray
 
 from awares_rl.config import load_recipe
-from awares_rl.config_io import ConfigError
+from awares_rl.core.config_io import ConfigError
 from awares_rl.sweep.config import SweepConfig, grid_points, search_space
 from awares_rl.sweep.pareto import dominates, pareto_front, recommend
 from awares_rl.sweep.run import check_grid, run_sweep

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 import awares_rl  # noqa: F401  (torchvision shim before transformers / datasets)
-from awares_rl.crops import boxes_to_crops, crop_box, low_res_view
+from awares_rl.core.crops import boxes_to_crops, crop_box, low_res_view
 from data_pipeline.cli import add_data_parsers
 from data_pipeline.config import SynthConfig
 from data_pipeline.datasets import load_hf_dataset, read_samples

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from awares_rl.episode import Episode, RewardParts
+from awares_rl.core.episode import Episode, RewardParts
 from awares_rl.tracking import (
     CROP_COLOURS,
     EPISODE_COLUMNS,

@@ -10,21 +10,19 @@ import pytest
 from PIL import Image
 
 import awares_rl  # noqa: F401  (torchvision shim before transformers)
+from awares_rl.core.engine import GenOutput
+from awares_rl.core.sample import Sample, write_jsonl
+from awares_rl.core.trajectory import Trajectory, TrajectoryError, read_trajectories
 from awares_rl.models import load_processor
-from awares_rl.rollout.engine import GenOutput
 from data_pipeline.grounding import DatasetBoxes, VLMGrounder, parse_boxes
-from data_pipeline.sample import Sample, write_jsonl
 from data_pipeline.trajectories import (
-    Trajectory,
     TrajectoryBuilder,
     TrajectoryConfig,
-    TrajectoryError,
     TrajectoryWorker,
     build_trajectories,
     fan_out,
     make_judge_fn,
     needs_crop,
-    read_trajectories,
     run_batches,
 )
 from data_pipeline.trajectory_report import write_report

@@ -9,7 +9,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from awares_rl.config import load_recipe
-from awares_rl.episode import Episode
+from awares_rl.core.episode import Episode
 from awares_rl.rollout import EpisodeRunner, EpisodeSettings, SamplingConfig, make_engine
 from awares_rl.workspace import ensure_data, ensure_model
 

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from awares_rl.config import RecipeConfig, load_recipe
-from awares_rl.run_paths import RunPaths
+from awares_rl.core.run_paths import RunPaths
 from awares_rl.workspace import ensure_data
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """One collate for SFT and GRPO: token sequences (already in the rollout's exact token layout)
 -> a right-padded training batch.
 
-A ``TokenSequence`` is the whole conversation as the policy sees it (``awares_rl.tokens``:
+A ``TokenSequence`` is the whole conversation as the policy sees it (``awares_rl.core.tokens``:
 P1 + A1 [+ S2 + A2], image pads expanded), its images in placeholder order, and one loss weight
 per token: ``loss_weights[i]`` weighs the prediction of token i (0 = not trained: prompt, image,
 crops turn). SFT sets the weights from the turns (w on the tool-call turn, 1 on the answer); GRPO
@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from PIL import Image
 
-from awares_rl.crops import LOW_RES_SCALE, cut_crops, low_res_view
-from awares_rl.episode import Episode
-from awares_rl.images import DEFAULT_MAX_PIXELS, load_image
-from awares_rl.protocol import parse_tool_call
-from awares_rl.tokens import (
+from awares_rl.core.crops import LOW_RES_SCALE, cut_crops, low_res_view
+from awares_rl.core.episode import Episode
+from awares_rl.core.images import DEFAULT_MAX_PIXELS, load_image
+from awares_rl.core.protocol import parse_tool_call
+from awares_rl.core.tokens import (
     IMAGE_TOKEN,
     assistant_ids,
     crops_turn_ids,
@@ -32,7 +32,7 @@ from awares_rl.tokens import (
 )
 
 if TYPE_CHECKING:
-    from data_pipeline.trajectories import Trajectory
+    from awares_rl.core.trajectory import Trajectory
 
 # Keys of a collated batch that the model's forward takes.
 MODEL_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw")

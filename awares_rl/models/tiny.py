@@ -18,8 +18,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2VLImageProcessor
 
+from awares_rl.core.protocol import CROPS_INTRO, SYSTEM_PROMPT
 from awares_rl.models.family import ModelFamily, get_family
-from awares_rl.protocol import CROPS_INTRO, SYSTEM_PROMPT
 
 SPECIAL_TOKENS = (
     "<|endoftext|>",

@@ -6,7 +6,7 @@ import importlib
 import logging
 from pathlib import Path
 
-from awares_rl.rollout.engine import Engine, GenOutput, GenRequest, SamplingConfig
+from awares_rl.core.engine import Engine, GenOutput, GenRequest, SamplingConfig
 from awares_rl.rollout.runner import EpisodeRunner, EpisodeSettings
 
 log = logging.getLogger(__name__)

@@ -6,14 +6,14 @@ import time
 
 import torch
 
-from awares_rl.models import load_policy, load_processor
-from awares_rl.rollout.engine import GenOutput, GenRequest, SamplingConfig
-from awares_rl.tokens import (
+from awares_rl.core.engine import GenOutput, GenRequest, SamplingConfig
+from awares_rl.core.tokens import (
     IMAGE_TOKEN,
     expand_image_tokens,
     forbidden_output_ids,
     image_token_counts,
 )
+from awares_rl.models import load_policy, load_processor
 
 
 class HFEngine:

@@ -10,12 +10,12 @@ from pathlib import Path
 
 from PIL import Image
 
-from awares_rl.crops import LOW_RES_SCALE, cut_crops, low_res_view, retained_token_ratio
-from awares_rl.episode import Episode
-from awares_rl.images import DEFAULT_MAX_PIXELS, ImageError, check_image, load_image
-from awares_rl.protocol import ToolCallError, parse_answer, parse_tool_call
-from awares_rl.rollout.engine import Engine, GenOutput, GenRequest, SamplingConfig
-from awares_rl.tokens import IMAGE_TOKEN, crops_turn_ids, first_turn_ids
+from awares_rl.core.crops import LOW_RES_SCALE, cut_crops, low_res_view, retained_token_ratio
+from awares_rl.core.engine import Engine, GenOutput, GenRequest, SamplingConfig
+from awares_rl.core.episode import Episode
+from awares_rl.core.images import DEFAULT_MAX_PIXELS, ImageError, check_image, load_image
+from awares_rl.core.protocol import ToolCallError, parse_answer, parse_tool_call
+from awares_rl.core.tokens import IMAGE_TOKEN, crops_turn_ids, first_turn_ids
 
 
 @dataclass(frozen=True)

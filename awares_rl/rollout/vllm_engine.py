@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from awares_rl.rollout.engine import GenOutput, GenRequest, SamplingConfig
-from awares_rl.tokens import END_TOKEN, forbidden_output_ids
+from awares_rl.core.engine import GenOutput, GenRequest, SamplingConfig
+from awares_rl.core.tokens import END_TOKEN, forbidden_output_ids
 
 
 class WeightSyncExtension:

@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 
 from awares_rl.config import ModelConfig, RolloutConfig
-from awares_rl.episode import Episode
-from awares_rl.images import DEFAULT_MAX_PIXELS
+from awares_rl.core.episode import Episode
+from awares_rl.core.images import DEFAULT_MAX_PIXELS
 from awares_rl.rollout import EpisodeRunner, EpisodeSettings, SamplingConfig, make_engine
 from cluster.actor_group import reap_group_on_exit
 

@@ -24,8 +24,8 @@ from rich.console import Console
 from rich.table import Table
 
 from awares_rl.config import RecipeConfig, load_recipe
-from awares_rl.config_io import ConfigError
-from awares_rl.run_paths import RunPaths
+from awares_rl.core.config_io import ConfigError
+from awares_rl.core.run_paths import RunPaths
 from awares_rl.sweep.config import Dimension, grid_points, search_space
 from awares_rl.sweep.pareto import pareto_front, recommend
 from awares_rl.sweep.trial import RESULT_KEYS, TrialSetup, apply_params, tune_trial

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from awares_rl.config import RecipeConfig
-from awares_rl.run_paths import RunPaths
+from awares_rl.core.run_paths import RunPaths
 
 log = logging.getLogger(__name__)
 

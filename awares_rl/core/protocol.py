@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from awares_rl.crops import CROP_NAMES, NUM_CROPS
+from awares_rl.core.crops import CROP_NAMES, NUM_CROPS
 
 TOOL_NAME = "GET_CROPS"
 

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from PIL import Image
 
-from awares_rl.protocol import crops_user_message, first_turn_messages
+from awares_rl.core.protocol import crops_user_message, first_turn_messages
 
 IMAGE_TOKEN = "<|image_pad|>"
 END_TOKEN = "<|im_end|>"
