@@ -46,14 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_recipe_args(p)
     p.set_defaults(func=_show_config)
 
+    from awares_rl.commands.data import add_data_parsers
     from awares_rl.commands.run import add_pretrain_parser, add_run_parser
-    from awares_rl.evaluate import add_eval_parser
-    from awares_rl.grpo import add_grpo_parser
-    from awares_rl.sft import add_sft_parser
-    from awares_rl.sweep.run import add_sweep_parser
+    from awares_rl.commands.serve_reward import add_serve_reward_parser
+    from awares_rl.commands.stages import (
+        add_eval_parser,
+        add_grpo_parser,
+        add_sft_parser,
+        add_sweep_parser,
+    )
     from cluster.submit import add_cluster_parsers
-    from data_pipeline.cli import add_data_parsers
-    from reward.cli import add_serve_reward_parser
 
     for adder in (add_data_parsers, add_pretrain_parser, add_sft_parser, add_grpo_parser, add_eval_parser,
                   add_run_parser, add_sweep_parser, add_serve_reward_parser, add_cluster_parsers):

@@ -6,7 +6,7 @@
 - ``policy``: the AwaRes episode (``EpisodeRunner``, greedy): low-res view, optional GET_CROPS,
   answer; the paper's RTR per episode.
 
-Per mode: accuracy (judge score >= ``eval.correct_threshold``; the judge is the sample's benchmark
+Per mode: accuracy (judge score >= ``reward.correct_threshold``; the judge is the sample's benchmark
 metric's, ``reward.judge`` when it has none: ``reward.judges.route_judge``) overall and by
 metric, mean judge score, paper RTR, the exact visual tokens the processor produced and their
 ratio to the full-res image's, seconds per sample (engine wall time / batch size), and for the
@@ -16,19 +16,17 @@ crop-decision accuracy and the Jaccard overlap of the crops taken with the label
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from PIL import Image
-from rich.console import Console
 from rich.table import Table
 
-from awares_rl.config import RecipeConfig, load_recipe
 from awares_rl.core.crops import low_res_view, retained_token_ratio
 from awares_rl.core.engine import GenRequest
 from awares_rl.core.images import ImageError, load_image
@@ -40,7 +38,26 @@ from data_pipeline.grounding import vqa_prompt_ids
 from reward.judges import route_judge
 from reward.scoring import run_judge
 
+if TYPE_CHECKING:
+    from awares_rl.config import RecipeConfig
+
 MODES = ("low", "full", "policy", "grounding")  # grounding: "Which crop shows ...?" at low res
+
+@dataclass(frozen=True)
+class EvalConfig:
+    modes: list[Literal["low", "full", "policy"]] = field(default_factory=lambda: ["low", "full", "policy"])
+    split: Literal["train", "val", "test"] = "test"  # data split when no --data is given
+    n: int = 0  # samples evaluated (0: all)
+    batch_size: int = 16  # samples per engine call
+    max_new_tokens: int = 24  # per turn
+    MOVED_KEYS: ClassVar[dict[str, str]] = {"correct_threshold": "reward.correct_threshold"}
+
+    def __post_init__(self) -> None:
+        if not self.modes or len(set(self.modes)) != len(self.modes):
+            raise ValueError(f"eval.modes must be a non-empty list of distinct modes, got {self.modes}")
+        if self.batch_size < 1 or self.max_new_tokens < 1 or self.n < 0:
+            raise ValueError("eval.batch_size and eval.max_new_tokens must be >= 1, eval.n >= 0")
+
 
 
 @dataclass
@@ -199,7 +216,7 @@ def score(preds: list[Prediction], items: list[EvalItem], cfg: RecipeConfig) -> 
         got, _ = run_judge(name, [preds[k].answer or "" for k in idx],
                            [list(items[k].sample.answers) for k in idx], cfg.reward)
         for k, s in zip(idx, got):
-            preds[k].score, preds[k].correct = float(s), float(s) >= cfg.eval.correct_threshold
+            preds[k].score, preds[k].correct = float(s), cfg.reward.correct(float(s))
 
 
 def _mean(values: list[float]) -> float:
@@ -294,34 +311,3 @@ def evaluate(cfg: RecipeConfig, checkpoint: str | Path, data: str | Path,
             engine.close()
     return {"checkpoint": str(checkpoint), "data": str(data), "engine": type(engine).__name__,
             "batch_size": cfg.eval.batch_size, "summary": summary, "samples": samples}
-
-
-def run_eval(args: argparse.Namespace) -> int:
-    from awares_rl.core.run_paths import RunPaths
-    from awares_rl.workspace import ensure_data
-
-    cfg = load_recipe(args.recipe, args.overrides)
-    checkpoint = Path(args.checkpoint) if args.checkpoint else RunPaths(cfg.run.dir).latest_model()
-    if checkpoint is None:
-        raise SystemExit("awares-rl eval: no --checkpoint and no model in the run directory")
-    data = Path(args.data) if args.data else ensure_data(cfg, cfg.eval.split)
-    report = evaluate(cfg, checkpoint, data, args.trajectories)
-    out = Path(args.out) if args.out else RunPaths(cfg.run.dir).logs("eval") / f"{checkpoint.name}_{data.stem}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
-    Console().print(results_table(report["summary"]))
-    print(f"results written to {out}")
-    return 0
-
-
-def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """``awares-rl eval --checkpoint DIR --data FILE.jsonl [--trajectories FILE] [key=value ...]``."""
-    p = subparsers.add_parser("eval", help="accuracy vs RTR: low-res, full-res and the AwaRes policy")
-    p.add_argument("--recipe", default="recipes/tiny_cpu.yaml", help="recipe YAML (engine, judges, eval.*)")
-    p.add_argument("--checkpoint", default=None, help="model dir (default: the run's newest stage)")
-    p.add_argument("--data", default=None, help="sample or trajectory JSONL (default: the eval.split of the run)")
-    p.add_argument("--trajectories", default=None, help="trajectory JSONL whose needs_crop labels to score against")
-    p.add_argument("--out", default=None, help="JSON report (default: <run>/eval/<checkpoint>_<data>.json)")
-    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. eval.n=100")
-    p.set_defaults(func=run_eval)
-    return p

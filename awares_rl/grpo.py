@@ -15,8 +15,9 @@ import math
 import os
 import time
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import ray
 import torch
@@ -30,10 +31,11 @@ from awares_rl.checkpoint import (
     refuse_fresh_start,
     step_dir,
 )
-from awares_rl.config import RecipeConfig, load_recipe
+from awares_rl.core.config_io import require
 from awares_rl.core.episode import Episode
 from awares_rl.core.run_paths import RunPaths
 from awares_rl.learner.batch import TokenSequence, episode_to_sequence
+from awares_rl.learner.config import check_training
 from awares_rl.learner.ppo import PPOClip, pool_steps
 from awares_rl.learner.worker import LearnerWorker, OptimSettings
 from awares_rl.rollout.worker import RolloutWorker
@@ -44,7 +46,54 @@ from cluster.actor_group import ActorGroup, ensure_ray, split_evenly
 from data_pipeline.datasets import read_samples
 from reward.service import RewardPool
 
+if TYPE_CHECKING:
+    from awares_rl.config import RecipeConfig
+
 log = logging.getLogger(__name__)
+
+@dataclass(frozen=True)
+class GRPOConfig:
+    """Multi-turn GRPO (awares_rl.grpo): PPO-clip on group-relative advantages."""
+
+    steps: int = 30  # GRPO steps: one rollout batch each, ppo_epochs * mini_batches optimizer steps on it
+    prompts_per_step: int = 8  # N prompts; N * G episodes a step
+    mini_batches: int = 1  # a step's sequences split into this many mini-batches, one optimizer step each
+    ppo_epochs: int = 1  # passes over a step's sequences (> 1 or mini_batches > 1: the PPO ratio moves off 1)
+    lr: float = 2e-5
+    warmup_steps: int = 0  # in GRPO steps (the schedule runs over optimizer steps: times epochs x mini-batches)
+    clip_low: float = 0.2  # PPO ratio clipped to [1 - clip_low, 1 + clip_high]
+    clip_high: float = 0.28
+    kl_coef: float = 0.0  # beta * KL(pi || pi_ref) in the loss (0: no reference model needed)
+    kl_kind: Literal["k1", "k2", "k3"] = "k3"
+    agg: Literal["token-mean", "seq-mean-token-mean", "dr-grpo"] = "token-mean"
+    max_len: int | None = None  # dr-grpo's constant normaliser; None = 2 * rollout.max_new_tokens (2 turns)
+    adv_scale: Literal["group", "none"] = "group"  # none = Dr.GRPO (no std normalisation)
+    tis_cap: float | None = 2.0  # truncated importance weight between rollout and learner logprobs
+    grad_clip: float = 1.0
+    save_every: int = 10  # resumable checkpoint every N steps (0: only the final model)
+    keep_checkpoints: int = 2
+    resume: bool = True  # continue from the newest complete checkpoint of this run
+    log_tables_every: int = 10  # an episode table (images with crop boxes) every N steps
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.prompts_per_step < 1:
+            raise ValueError("grpo.steps and grpo.prompts_per_step must be >= 1")
+        if not 0 <= self.clip_low < 1 or self.clip_high < 0:
+            raise ValueError(f"grpo.clip_low must be in [0, 1) and clip_high >= 0, got {self.clip_low}, {self.clip_high}")
+        if self.kl_coef < 0:
+            raise ValueError(f"grpo.kl_coef must be >= 0, got {self.kl_coef}")
+        if self.mini_batches < 1 or self.ppo_epochs < 1:
+            raise ValueError(f"grpo.mini_batches and grpo.ppo_epochs must be >= 1 (1 and 1: one optimizer step "
+                             f"per rollout batch), got {self.mini_batches}, {self.ppo_epochs}")
+        if self.max_len is not None and self.max_len < 1:
+            raise ValueError(f"grpo.max_len must be a positive token count, or null for 2 * rollout.max_new_tokens; "
+                             f"got {self.max_len}")
+        check_training("grpo", self.lr, self.grad_clip, self.save_every, self.keep_checkpoints)
+        require(self.warmup_steps >= 0, "grpo.warmup_steps", self.warmup_steps, ">= 0")
+        require(self.tis_cap is None or self.tis_cap >= 1, "grpo.tis_cap", self.tis_cap,
+                ">= 1, or null for no importance weight")
+        require(self.log_tables_every >= 0, "grpo.log_tables_every", self.log_tables_every, ">= 0 (0: never)")
+
 
 
 class StageTimer:
@@ -232,7 +281,7 @@ class GRPOTrainer:
              step_s: float, sync_s: float) -> None:
         ok = [ep for ep in episodes if ep.error is None and ep.reward is not None]
         row = {f"rollout/{k}": v for k, v in episode_metrics(episodes).items()}
-        row["rollout/accuracy"] = sum(ep.reward.answer >= self.cfg.eval.correct_threshold for ep in ok) / max(len(ok), 1)
+        row["rollout/accuracy"] = sum(self.cfg.reward.correct(ep.reward.answer) for ep in ok) / max(len(ok), 1)
         row["rollout/policy_version"] = min((ep.policy_version for ep in episodes), default=0)
         row.update({f"learner/{k}": v for k, v in learner.items()})
         row.update({f"time/{k}_s": v for k, v in timer.seconds.items()})
@@ -242,18 +291,3 @@ class GRPOTrainer:
         log_step(tracker, self.out_dir, row, step)
         if self.cfg.grpo.log_tables_every and step % self.cfg.grpo.log_tables_every == 0:
             tracker.log_episodes(episodes, step=step)
-
-
-def run_grpo(recipe: str, overrides: list[str]) -> Path:
-    """Load the recipe and train; returns the GRPO model directory."""
-    out = GRPOTrainer(load_recipe(recipe, overrides)).fit()
-    print(f"GRPO model written to {out}")
-    return out
-
-
-def add_grpo_parser(subparsers) -> None:
-    """``awares-rl grpo --recipe R [key=value ...]``."""
-    p = subparsers.add_parser("grpo", help="multi-turn GRPO from the SFT model (Ray rollout/reward/learner)")
-    p.add_argument("--recipe", default="recipes/tiny_cpu.yaml", help="recipe YAML")
-    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. grpo.steps=10")
-    p.set_defaults(func=lambda args: run_grpo(args.recipe, args.overrides) and 0)

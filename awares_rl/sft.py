@@ -13,9 +13,10 @@ Starts from ``model.path`` or the run's base model; writes resumable checkpoints
 
 from __future__ import annotations
 
-import argparse
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 from tqdm import tqdm
 
@@ -26,19 +27,55 @@ from awares_rl.checkpoint import (
     refuse_fresh_start,
     step_dir,
 )
-from awares_rl.config import RecipeConfig, load_recipe
-from awares_rl.core.config_io import ConfigError
+from awares_rl.core.config_io import ConfigError, require
 from awares_rl.core.run_paths import RunPaths
 from awares_rl.core.trajectory import Trajectory, read_trajectories
 from awares_rl.learner.batch import TokenSequence, trajectory_to_sequence
+from awares_rl.learner.config import check_training
 from awares_rl.learner.objective import WeightedNLL
 from awares_rl.learner.worker import LearnerWorker, OptimSettings
 from awares_rl.models import load_processor
 from awares_rl.sampling import PromptSampler
 from awares_rl.tracking import log_step, stage_tracker, truncate_metrics
+from awares_rl.workspace import base_model
 from cluster.actor_group import ActorGroup, ensure_ray
 
+if TYPE_CHECKING:
+    from awares_rl.config import RecipeConfig
+
 log = logging.getLogger(__name__)
+
+@dataclass(frozen=True)
+class SFTConfig:
+    train_file: str | None = None  # trajectory JSONL; None = run_dir/trajectories/train.jsonl
+    val_file: str | None = None  # None = run_dir/trajectories/val.jsonl (validation skipped if absent)
+    steps: int = 200  # optimizer steps (the data is reshuffled each epoch)
+    batch_size: int = 16  # trajectories per step, across all workers
+    lr: float = 1e-4  # peak AdamW lr (linear warm-up, cosine decay to min_lr_ratio * lr)
+    warmup_steps: int = 10
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0  # on matrices only (not norms, biases)
+    grad_clip: float = 1.0  # max global grad norm; 0 = no clipping
+    tool_turn_weight: float = 5.0  # the paper's w on the GET_CROPS turn; answer turns get 1
+    normalize: Literal["weights", "tokens"] = "weights"  # loss / sum of weights, or / target tokens
+    val_every: int = 50  # steps between validation losses (0: only at the end)
+    val_samples: int = 64  # validation trajectories scored (0: all)
+    save_every: int = 0  # steps between resumable checkpoints (0: only the final model)
+    keep_checkpoints: int = 2  # resumable checkpoints kept
+    resume: bool = True  # continue from the newest complete checkpoint of this run
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError("sft.steps and sft.batch_size must be >= 1")
+        if self.lr <= 0 or self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError("sft.lr must be > 0, sft.warmup_steps >= 0, sft.min_lr_ratio in [0, 1]")
+        if self.tool_turn_weight <= 0:
+            raise ValueError(f"sft.tool_turn_weight must be > 0 (the paper uses 5), got {self.tool_turn_weight}")
+        check_training("sft", self.lr, self.grad_clip, self.save_every, self.keep_checkpoints)
+        require(self.weight_decay >= 0, "sft.weight_decay", self.weight_decay, ">= 0")
+        for name in ("val_every", "val_samples"):
+            require(getattr(self, name) >= 0, f"sft.{name}", getattr(self, name), ">= 0 (0: see its comment)")
+
 
 
 def trajectory_files(cfg: RecipeConfig) -> tuple[Path, Path | None]:
@@ -52,14 +89,6 @@ def trajectory_files(cfg: RecipeConfig) -> tuple[Path, Path | None]:
     if cfg.sft.val_file and not val.is_file():
         raise ConfigError(f"sft.val_file: {val} not found")
     return train, val if val.is_file() else None
-
-
-def start_model(cfg: RecipeConfig) -> Path:
-    """``model.path`` if set, else the run's base model (``awares-rl pretrain``)."""
-    path = Path(cfg.model.path) if cfg.model.path else RunPaths(cfg.run.dir).model("base")
-    if not (path / "config.json").is_file():
-        raise ConfigError(f"no model at {path}: set model.path, or run `awares-rl pretrain` first")
-    return path
 
 
 def learner_group(cfg: RecipeConfig, model_dir: Path) -> ActorGroup:
@@ -86,7 +115,7 @@ class SFTTrainer:
         val = read_trajectories(val_file) if val_file else []
         self.val = val[: cfg.sft.val_samples or None]
         self.val_root = val_file.parent if val_file else None
-        self.model_dir = start_model(cfg)
+        self.model_dir = base_model(cfg)
         self.processor = load_processor(self.model_dir)
         workers = cfg.learner.num_workers
         if min(len(self.train), cfg.sft.batch_size) < workers or 0 < len(self.val) < workers:
@@ -135,24 +164,3 @@ class SFTTrainer:
 
     def _log(self, tracker, metrics: dict[str, float], step: int) -> None:
         log_step(tracker, self.out_dir, metrics, step)
-
-
-def run_sft(recipe: str, overrides: list[str]) -> Path:
-    """Load the recipe and train; returns the SFT model directory."""
-    out = SFTTrainer(load_recipe(recipe, overrides)).fit()
-    print(f"SFT model written to {out}")
-    return out
-
-
-def add_sft_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """``awares-rl sft --recipe R [key=value ...]``."""
-    p = subparsers.add_parser("sft", help="cold-start SFT on the run's trajectories (tool-call turn weighted)")
-    p.add_argument("--recipe", default="recipes/tiny_cpu.yaml", help="recipe YAML")
-    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. sft.steps=50")
-    p.set_defaults(func=_sft_command)
-    return p
-
-
-def _sft_command(args: argparse.Namespace) -> int:
-    run_sft(args.recipe, args.overrides)
-    return 0

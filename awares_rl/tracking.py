@@ -13,6 +13,7 @@ import math
 import os
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -20,6 +21,7 @@ from typing import Any, Literal
 import wandb
 from PIL import Image, ImageDraw
 
+from awares_rl.core.config_io import require
 from awares_rl.core.crops import CROP_NAMES, NUM_CROPS, crop_boxes
 from awares_rl.core.episode import Episode
 from awares_rl.core.run_paths import METRICS_FILE
@@ -39,6 +41,17 @@ EPISODE_COLUMNS: tuple[str, ...] = (
     "reward_total", "reward_answer", "reward_crop_cost", "reward_format", "judge",
     "rtr", "visual_tokens", "flags",
 )  # fmt: skip
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    wandb: bool = True  # log to Weights & Biases
+    wandb_mode: Literal["offline", "online", "disabled"] = "offline"
+    project: str = "awares-rl"
+    table_every: int = 10  # log an episode table every N steps
+
+    def __post_init__(self) -> None:
+        require(self.table_every >= 0, "logging.table_every", self.table_every, ">= 0 (0: never)")
+
 
 
 def _mean(values: Sequence[float]) -> float:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from awares_rl.config import RecipeConfig
 from awares_rl.core.config_io import ConfigError
 from awares_rl.core.run_paths import RunPaths
+
+if TYPE_CHECKING:
+    from awares_rl.config import RecipeConfig
 
 log = logging.getLogger(__name__)
 
@@ -46,18 +49,25 @@ def vocab_texts(cfg: RecipeConfig) -> list[str]:
     return texts
 
 
+def base_model(cfg: RecipeConfig) -> Path:
+    """The model the pipeline starts from: ``model.path`` if set, else the run's pretrained base
+    model (``awares-rl pretrain``); ConfigError naming both fixes when there is none."""
+    path = Path(cfg.model.path) if cfg.model.path else RunPaths(cfg.run.dir).model("base")
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"no model at {path} (no config.json): set model.path to a local model directory, "
+                          "or run `awares-rl pretrain` first")
+    return path
+
+
 def ensure_model(cfg: RecipeConfig) -> Path:
     """``model.path`` if set; else the run's newest stage; else a fresh tiny model (``init``)."""
     if cfg.model.path:
-        path = Path(cfg.model.path)
-        if not (path / "config.json").is_file():
-            raise ConfigError(f"model.path: {path} has no config.json; point it at a local model directory")
-        return path
+        return base_model(cfg)
     paths = RunPaths(cfg.run.dir)
     latest = paths.latest_model()
     if latest is not None:
         return latest
     from awares_rl.models.tiny import save_tiny
 
-    log.info("building the embedded tiny Qwen2.5-VL into %s", paths.model("init"))
+    log.info("building the embedded tiny %s into %s", cfg.tiny.family, paths.model("init"))
     return save_tiny(paths.model("init"), cfg.tiny, vocab_texts(cfg))

@@ -25,8 +25,8 @@ import numpy as np
 from PIL import Image
 
 import awares_rl  # noqa: F401  (torchvision compat)
-from awares_rl.config import LearnerConfig
 from awares_rl.learner.batch import TokenSequence, trajectory_to_sequence
+from awares_rl.learner.config import LearnerConfig
 from awares_rl.learner.worker import LearnerWorker, OptimSettings
 from awares_rl.models import load_processor
 from awares_rl.models.tiny import TinyModelConfig, save_tiny

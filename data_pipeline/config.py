@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from awares_rl.core.config_io import require
+
 # The detail families the generator knows. "pattern" has a small tier (1-px texture that a 0.5
 # downscale averages to a flat tint), a medium tier (the same 1-px texture under a faint 2-px
 # "echo" that survives the downscale but shows the answer's class only ``medium_echo_truth`` of
@@ -188,3 +190,21 @@ class SynthConfig:
             "count": self.count_weight,
             "digit": self.digit_weight,
         }
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dir: str | None = None  # folder with train/val/test .jsonl; None = run_dir/data (synthetic)
+    train: str = "train.jsonl"
+    val: str = "val.jsonl"
+    test: str = "test.jsonl"
+    max_image_pixels: int = 64_000_000  # larger images are refused as decompression bombs
+    n_train: int = 4000  # synthetic samples per split (when dir is None)
+    n_val: int = 200
+    n_test: int = 200
+
+    def __post_init__(self) -> None:
+        if self.max_image_pixels < 10_000:
+            raise ValueError(f"data.max_image_pixels={self.max_image_pixels} is too small; use >= 10000")
+        for name in ("n_train", "n_val", "n_test"):
+            require(getattr(self, name) >= 1, f"data.{name}", getattr(self, name), ">= 1")

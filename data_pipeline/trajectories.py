@@ -4,7 +4,8 @@
    original image), as the plain VQA model it was pretrained as: no tool prompt, the exact prompt
    format of ``awares_rl.pretrain`` (``grounding.vqa_prompt_ids``).
 2. A judge (``reward.judges``, chosen by the sample's metric) scores both answers against the
-   ground truth; a crop is needed iff ``low_res_score < correct_threshold <= full_res_score``.
+   ground truth; a crop is needed iff the low-res answer is wrong and the full-res one right at
+   ``reward.correct_threshold`` (``reward.judges.is_correct``).
 3. For crop-needed samples, evidence boxes (the dataset's, or a grounding VLM's) map to crop ids
    with ``awares_rl.core.crops.boxes_to_crops`` (``box_rule``); with ``crop_labels="whole-image"`` the
    call asks for the top and bottom halves instead (the same decision, no localisation needed).
@@ -37,16 +38,14 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import ClassVar, Literal
 
 from PIL import Image
-from rich.console import Console
 from tqdm import tqdm
 
 from awares_rl.core.crops import LOW_RES_SCALE, boxes_to_crops, low_res_view
 from awares_rl.core.images import DEFAULT_MAX_PIXELS
 from awares_rl.core.protocol import format_tool_call
-from awares_rl.core.run_paths import RunPaths
 from awares_rl.core.sample import Sample, iter_jsonl
 from awares_rl.core.trajectory import Box, Trajectory, TrajectoryError, read_trajectories
 from data_pipeline.grounding import (
@@ -57,7 +56,7 @@ from data_pipeline.grounding import (
     ground_many,
     vqa_prompt_ids,
 )
-from reward.judges import BENCHMARK_JUDGES, JUDGES, route_judge
+from reward.judges import BENCHMARK_JUDGES, CORRECT_THRESHOLD, JUDGES, is_correct, route_judge
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +69,6 @@ class TrajectoryConfig:
     """How SFT trajectories are built (``awares-rl data trajectories``)."""
 
     batch_size: int = 16  # samples per engine call (each asks at low AND at full res)
-    correct_threshold: float = 0.5  # a judge score >= this is a right answer
     box_rule: Literal["smallest-cover", "max-iou"] = "smallest-cover"  # evidence box -> crop id
     # What a crop turn asks for: "evidence" (the paper: the crops covering the evidence boxes) or
     # "whole-image" (the top and bottom halves, i.e. all of the image at full resolution): for a
@@ -86,14 +84,13 @@ class TrajectoryConfig:
     box_coords: Literal["resized", "pixels", "norm1000"] = "resized"  # frame of the VLM's boxes
     grounding_prompt: str = DEFAULT_GROUNDING_PROMPT  # uses {question} and {answer}
     grounder_max_new_tokens: int = 64
+    MOVED_KEYS: ClassVar[dict[str, str]] = {"correct_threshold": "reward.correct_threshold"}
     num_workers: int = 1  # > 1: Ray actors, each with its own engine (rollout.cpus/gpus_per_worker)
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "max_new_tokens", "grounder_max_new_tokens", "num_workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"trajectories.{name}={getattr(self, name)} must be >= 1")
-        if not 0 < self.correct_threshold <= 1:
-            raise ValueError(f"trajectories.correct_threshold={self.correct_threshold} must be in (0, 1]")
         unknown = sorted(set(self.metric_judges) - set(BENCHMARK_JUDGES))
         if unknown:
             raise ValueError(f"trajectories.metric_judges: {unknown[0]!r} is not a sample metric; use keys "
@@ -114,9 +111,9 @@ class TrajectoryConfig:
 WHOLE_IMAGE_CROPS = (5, 6)  # the top and bottom halves of the crop set: together, the whole image
 
 
-def needs_crop(low_res_score: float, full_res_score: float, threshold: float = 0.5) -> bool:
+def needs_crop(low_res_score: float, full_res_score: float, threshold: float = CORRECT_THRESHOLD) -> bool:
     """The paper's label: the low-res answer is wrong and the full-res answer is right."""
-    return low_res_score < threshold <= full_res_score
+    return not is_correct(low_res_score, threshold) and is_correct(full_res_score, threshold)
 
 
 
@@ -157,12 +154,14 @@ class TrajectoryBuilder:
 
     ``grounder`` serves samples that need a VLM box (``cfg.grounder`` "vlm", or "auto" without
     dataset boxes); None builds a ``VLMGrounder`` on ``engine`` itself when first needed.
-    ``low_res_scale`` is the run's ``rollout.low_res_scale``: the view the policy will see."""
+    ``low_res_scale`` is the run's ``rollout.low_res_scale``: the view the policy will see;
+    ``correct_threshold`` the run's ``reward.correct_threshold``."""
 
     def __init__(self, engine, tokenizer, judge_fn: JudgeFn, cfg: TrajectoryConfig,
-                 grounder: Grounder | None = None, low_res_scale: float = LOW_RES_SCALE) -> None:
+                 grounder: Grounder | None = None, low_res_scale: float = LOW_RES_SCALE,
+                 correct_threshold: float = CORRECT_THRESHOLD) -> None:
         self.engine, self.tokenizer, self.judge_fn, self.cfg = engine, tokenizer, judge_fn, cfg
-        self.low_res_scale = low_res_scale
+        self.low_res_scale, self.correct_threshold = low_res_scale, correct_threshold
         self.dataset_boxes, self.vlm = DatasetBoxes(), grounder
 
     def answers(self, images: Sequence[Image.Image], questions: Sequence[str]) -> list[str]:
@@ -220,7 +219,7 @@ class TrajectoryBuilder:
         refs, metrics = [list(s.answers) for s, _ in ok], [s.metric for s, _ in ok]
         scores = self.judge_fn(low + full, refs + refs, metrics + metrics) if ok else []
         lows, fulls = scores[: len(ok)], scores[len(ok):]
-        need = [k for k in range(len(ok)) if needs_crop(lows[k], fulls[k], self.cfg.correct_threshold)]
+        need = [k for k in range(len(ok)) if needs_crop(lows[k], fulls[k], self.correct_threshold)]
         grounded = dict(zip(need, self.ground([ok[k] for k in need]), strict=True))
         rel_dir = Path(out_dir) if out_dir is not None else root
         for k, (s, im) in enumerate(ok):
@@ -244,7 +243,8 @@ class TrajectoryBuilder:
 def build_trajectories(samples: Sequence[Sample], root: str | Path, engine, tokenizer, judge_fn: JudgeFn,
                        cfg: TrajectoryConfig, out: str | Path | None = None, grounder: Grounder | None = None,
                        split: str | None = None, limit: int | None = None, progress: bool = True,
-                       manifest: dict | None = None, low_res_scale: float = LOW_RES_SCALE) -> list[Trajectory]:
+                       manifest: dict | None = None, low_res_scale: float = LOW_RES_SCALE,
+                       correct_threshold: float = CORRECT_THRESHOLD) -> list[Trajectory]:
     """Trajectories of ``samples`` (images under ``root``), in sample order.
 
     With ``out``, results are appended to ``out`` batch by batch and ids already there (or in its
@@ -252,7 +252,7 @@ def build_trajectories(samples: Sequence[Sample], root: str | Path, engine, toke
     ``manifest`` (e.g. ``{"model": path}``) joins the config in ``out``'s manifest: a rerun with
     other settings raises. Returns every trajectory of ``samples`` done so far (old and new).
     """
-    builder = TrajectoryBuilder(engine, tokenizer, judge_fn, cfg, grounder, low_res_scale)
+    builder = TrajectoryBuilder(engine, tokenizer, judge_fn, cfg, grounder, low_res_scale, correct_threshold)
     out_dir = Path(out).parent if out is not None else None
 
     def process(batches: list[list[Sample]]) -> Iterator[list[Trajectory | Skipped]]:
@@ -356,8 +356,9 @@ def make_builder(model_dir: str | Path, rollout, model, cfg: TrajectoryConfig, r
         processor = load_processor(gdir)
         grounder = VLMGrounder(gengine, processor.tokenizer, cfg.box_coords, processor.image_processor,
                                cfg.grounding_prompt, cfg.grounder_max_new_tokens)
+    threshold = reward_cfg.correct_threshold if reward_cfg is not None else CORRECT_THRESHOLD
     return TrajectoryBuilder(engine, engine_tokenizer(engine), make_judge_fn(cfg, reward_cfg), cfg, grounder,
-                             low_res_scale=rollout.low_res_scale)
+                             low_res_scale=rollout.low_res_scale, correct_threshold=threshold)
 
 
 def engine_tokenizer(engine):
@@ -394,50 +395,3 @@ def ray_process(worker_args: tuple, num_workers: int, rollout, root, out_dir, sp
             group.shutdown()
 
     return process
-
-
-# ---------------------------------------------------------------- the command
-def trajectories_from_recipe(recipe: str | Path, overrides: Sequence[str] = (), split: str = "train",
-                             model_dir: str | Path | None = None, out: str | Path | None = None,
-                             limit: int | None = None, progress: bool = True,
-                             builder: TrajectoryBuilder | None = None) -> dict[str, Any]:
-    """``awares-rl data trajectories``: build (or resume) a split's trajectories; returns the stats.
-    ``builder`` (one engine for several splits, see ``make_builder``) is used when given."""
-    from awares_rl.config import load_recipe
-    from awares_rl.workspace import ensure_data
-    from data_pipeline.datasets import read_samples
-
-    rcfg = load_recipe(recipe, list(overrides))
-    cfg: TrajectoryConfig = getattr(rcfg, "trajectories", TrajectoryConfig())
-    data_file = ensure_data(rcfg, split)
-    samples = read_samples(data_file)[0]
-    model_dir = Path(model_dir or rcfg.model.path or _base_model(rcfg))
-    out = Path(out) if out else RunPaths(rcfg.run.dir).trajectories(split)
-    meta = {"model": str(model_dir.resolve()), "data": str(data_file.resolve()),
-            "low_res_scale": rcfg.rollout.low_res_scale}
-    max_pixels = rcfg.data.max_image_pixels
-    if cfg.num_workers > 1:
-        args = (str(model_dir), rcfg.rollout, rcfg.model, cfg, rcfg.reward, rcfg.run.seed)
-        process = ray_process(args, cfg.num_workers, rcfg.rollout, data_file.parent, out.parent, split, max_pixels)
-        run_batches(samples, cfg, process, out, limit, progress, meta)
-    else:
-        builder = builder or make_builder(model_dir, rcfg.rollout, rcfg.model, cfg, rcfg.reward, rcfg.run.seed)
-        run_batches(samples, cfg, lambda bs: (builder.process(b, data_file.parent, out.parent, split, max_pixels)
-                                              for b in bs),
-                    out, limit, progress, meta)
-    from data_pipeline.trajectory_report import stats_table, write_report
-
-    stats = write_report(out, cfg.correct_threshold)
-    Console().print(stats_table(stats))
-    print(f"wrote {stats['overall']['n']} trajectories to {out} ({stats['skipped']} skipped)")
-    return stats
-
-
-def _base_model(rcfg) -> Path:
-    from awares_rl.core.config_io import ConfigError
-
-    base = RunPaths(rcfg.run.dir).model("base")
-    if not (base / "config.json").is_file():
-        raise ConfigError(f"no base model at {base}: run `awares-rl pretrain` first, or pass --model DIR "
-                          "(or set model.path)")
-    return base

@@ -14,14 +14,15 @@ from rich.table import Table
 from awares_rl.core.sample import iter_jsonl
 from awares_rl.core.trajectory import Trajectory, read_trajectories
 from data_pipeline.trajectories import _paths
+from reward.judges import is_correct
 
 
 def _group_stats(trajs: Sequence[Trajectory], threshold: float) -> dict[str, Any]:
     n = len(trajs)
     share = lambda xs: round(sum(xs) / n, 4) if n else None  # noqa: E731
     return {"n": n, "needs_crop": share([t.needs_crop for t in trajs]),
-            "low_res_accuracy": share([t.low_res_score >= threshold for t in trajs]),
-            "full_res_accuracy": share([t.full_res_score >= threshold for t in trajs])}
+            "low_res_accuracy": share([is_correct(t.low_res_score, threshold) for t in trajs]),
+            "full_res_accuracy": share([is_correct(t.full_res_score, threshold) for t in trajs])}
 
 
 def trajectory_stats(trajs: Sequence[Trajectory], skipped: Sequence[dict], threshold: float) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from reward.judges import BENCHMARK_JUDGES, JUDGES, route_judge
+from reward.judges import BENCHMARK_JUDGES, CORRECT_THRESHOLD, JUDGES, is_correct, route_judge
 from reward.llm_judge import DEFAULT_PROMPT
 
 _DEFAULT_TOKEN_ENV = "AWARES_REWARD_TOKEN"
@@ -32,6 +32,9 @@ class RewardConfig:
     # sample metric -> judge name, e.g. {"anls": "anls", "semantic": "embedding_cosine"}; empty =
     # the paper's reward (one judge for every sample). reward.judges.BENCHMARK_JUDGES has them all.
     metric_judges: dict[str, str] = field(default_factory=dict)
+    # a judge score >= this is a right answer: trajectory labels (low-res wrong, full-res right),
+    # GRPO's logged accuracy and eval all use it (R_ans itself is the score)
+    correct_threshold: float = CORRECT_THRESHOLD
     w_ans: float = 1.0  # weight of R_ans
     alpha_miss: float = 0.5  # cost of answering without a crop when the sample needed high res
     alpha_use: float = 0.05  # fixed cost of calling GET_CROPS at all
@@ -81,6 +84,8 @@ class RewardConfig:
             f"must exceed alpha_use + lam = {self.alpha_use + self.lam:g} so that missing a needed "
             "crop costs more than one unneeded crop; raise alpha_miss or lower alpha_use/lam",
         )
+        self._require(0 < self.correct_threshold <= 1, "correct_threshold",
+                      "must be in (0, 1]: judge scores lie in [0, 1] (0.5 is the default)")
         self._check_judges()
         for name in ("num_workers", "batch_size", "max_body_bytes", "max_connections"):
             self._require(getattr(self, name) >= 1, name, "must be >= 1")
@@ -112,6 +117,10 @@ class RewardConfig:
     def _require(self, ok: bool, name: str, message: str) -> None:
         if not ok:
             raise ValueError(f"reward.{name}={getattr(self, name)!r}: {message}")
+
+    def correct(self, score: float) -> bool:
+        """``score`` is a right answer (``correct_threshold``; see ``reward.judges.is_correct``)."""
+        return is_correct(score, self.correct_threshold)
 
     def judge_for(self, metric: str | None) -> str:
         """R_ans's judge for a sample whose metric is ``metric``: ``metric_judges``, else ``judge``

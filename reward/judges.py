@@ -169,6 +169,15 @@ BENCHMARK_JUDGES: dict[str, str] = {
 }
 
 
+CORRECT_THRESHOLD = 0.5  # the default of reward.correct_threshold
+
+
+def is_correct(score: float, threshold: float = CORRECT_THRESHOLD) -> bool:
+    """A judge score counts as a right answer at ``threshold`` (``reward.correct_threshold``): the
+    one rule behind trajectory labels, GRPO's logged accuracy and eval."""
+    return score >= threshold
+
+
 def route_judge(metric: str | None, default: str, overrides: Mapping[str, str] | None = None,
                 by_benchmark: bool = True) -> str:
     """The judge of a sample whose metric is ``metric``: the one routing rule of the project.

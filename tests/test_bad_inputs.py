@@ -28,6 +28,7 @@ from PIL import Image
 
 import awares_rl.evaluate as evaluate
 from awares_rl import checkpoint as ckpt
+from awares_rl.commands.data import run_validate
 from awares_rl.config import load_recipe
 from awares_rl.core.config_io import ConfigError
 from awares_rl.core.engine import GenOutput
@@ -35,7 +36,6 @@ from awares_rl.core.images import ImageError, load_image
 from awares_rl.core.protocol import ToolCallError, parse_answer, parse_tool_call
 from awares_rl.core.sample import Sample, SampleError
 from awares_rl.rollout.runner import EpisodeRunner, EpisodeSettings, SamplingConfig
-from data_pipeline.cli import run_validate
 from data_pipeline.datasets import ConvertError, convert, read_samples
 
 REPO = Path(__file__).resolve().parents[1]
@@ -255,8 +255,10 @@ RECIPE_CASES = [
     _bad_value("sft.lr=nan", "sft.lr", "finite"),
     _bad_value("sft.lr=.inf", "sft.lr", "finite"),
     _bad_value("reward.alpha_miss=nan", "reward.alpha_miss", "finite"),
-    _bad_value("eval.correct_threshold=5", "eval.correct_threshold", "(0, 1]"),
-    _bad_value("eval.correct_threshold=0", "eval.correct_threshold", "(0, 1]"),
+    _bad_value("reward.correct_threshold=5", "reward.correct_threshold", "(0, 1]"),
+    _bad_value("reward.correct_threshold=0", "reward.correct_threshold", "(0, 1]"),
+    _bad_value("eval.correct_threshold=0.6", "eval.correct_threshold", "moved to reward.correct_threshold"),
+    _bad_value("trajectories.correct_threshold=0.6", "trajectories.correct_threshold", "moved to reward.correct_threshold"),
     _bad_value("reward.metric_judges={bogus: exact_match}", "metric_judges", "'bogus'", "anls"),
     _bad_value("reward.metric_judges={anls: nope}", "metric_judges['anls']", "not a judge"),
     _bad_value("trajectories.metric_judges={bogus: anls}", "trajectories.metric_judges", "'bogus'"),

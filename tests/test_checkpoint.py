@@ -8,8 +8,9 @@ import torch
 from safetensors.torch import load_file
 
 from awares_rl import checkpoint as ckpt
-from awares_rl.config import LearnerConfig, load_recipe
+from awares_rl.config import load_recipe
 from awares_rl.core.config_io import ConfigError
+from awares_rl.learner.config import LearnerConfig
 from awares_rl.learner.worker import LearnerWorker, OptimSettings
 from awares_rl.models import load_processor
 from awares_rl.sft import SFTTrainer

@@ -14,7 +14,7 @@ import torch
 
 from awares_rl import checkpoint as ckpt
 from awares_rl.checkpoint import CheckpointFormatError, TrainerState
-from awares_rl.config import LearnerConfig
+from awares_rl.learner.config import LearnerConfig
 from awares_rl.learner.worker import LearnerWorker, OptimSettings
 from awares_rl.models import load_processor
 from tests.test_learner import ray_cluster, sequences  # noqa: F401  (ray_cluster: a fixture)

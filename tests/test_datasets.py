@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 import awares_rl  # noqa: F401  (torchvision shim before transformers / datasets)
+from awares_rl.commands.data import add_data_parsers
 from awares_rl.core.sample import Sample, SampleError
-from data_pipeline.cli import add_data_parsers
 from data_pipeline.datasets import ConvertError, convert, read_samples
 
 METRICS = {"docvqa": "anls", "infovqa": "anls", "chartqa": "relaxed", "textvqa": "vqa", "vstar": "exact"}

@@ -9,12 +9,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from awares_rl.config import ModelConfig, RolloutConfig
 from awares_rl.core.crops import low_res_view
 from awares_rl.core.engine import GenOutput
 from awares_rl.core.tokens import first_turn_ids
 from awares_rl.models import load_processor
+from awares_rl.models.config import ModelConfig
 from awares_rl.rollout import EpisodeRunner, GenRequest, SamplingConfig, make_engine
+from awares_rl.rollout.config import RolloutConfig
 from awares_rl.rollout.hf_engine import HFEngine
 from tests.conftest import TOOL_Q, episode_inputs, make_image
 

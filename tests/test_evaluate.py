@@ -8,9 +8,9 @@ import json
 
 import pytest
 
+from awares_rl.commands.stages import add_eval_parser
 from awares_rl.core.crops import cut_crops, low_res_view, retained_token_ratio
 from awares_rl.core.tokens import image_token_counts
-from awares_rl.evaluate import add_eval_parser
 from awares_rl.models import load_processor
 from tests.conftest import TOOL_Q, episode_inputs
 from tests.test_sft import REPO, trajectory_line

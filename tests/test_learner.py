@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from awares_rl.algo import weighted_token_nll
-from awares_rl.config import LearnerConfig
 from awares_rl.learner.batch import (
     TokenSequence,
     collate_sequences,
@@ -22,6 +21,7 @@ from awares_rl.learner.batch import (
     model_inputs,
     trajectory_to_sequence,
 )
+from awares_rl.learner.config import LearnerConfig
 from awares_rl.learner.forward import sequence_logprobs
 from awares_rl.learner.objective import WeightedNLL
 from awares_rl.learner.worker import LearnerWorker, OptimSettings, WarmupCosine
@@ -186,7 +186,7 @@ def test_two_deepspeed_workers_equal_one_worker_and_resume(ray_cluster, tiny_dir
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_bf16_step(tiny_dir):
     """The GPU path: bf16 weights on CUDA (flash-attention 2 when installed), one SFT step."""
-    from awares_rl.config import ModelConfig
+    from awares_rl.models.config import ModelConfig
 
     attn = "flash_attention_2" if importlib.util.find_spec("flash_attn") else "sdpa"
     worker = LearnerWorker(str(tiny_dir), LearnerConfig(backend="torch", gpus_per_worker=1.0), OPTIM,

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from awares_rl.algo import policy_loss
-from awares_rl.config import GRPOConfig, LearnerConfig
 from awares_rl.core.config_io import ConfigError, apply_overrides, build
-from awares_rl.grpo import attach_logprobs, minibatch_indices
+from awares_rl.grpo import GRPOConfig, attach_logprobs, minibatch_indices
+from awares_rl.learner.config import LearnerConfig
 from awares_rl.learner.ppo import PPOClip, finish_stats, pool_steps
 from awares_rl.learner.worker import LearnerWorker, OptimSettings
 from awares_rl.models import load_processor

@@ -268,8 +268,8 @@ def test_serve_refuses_without_token(monkeypatch):
 
 def test_cli_config_and_refusal(tmp_path, monkeypatch, capsys):
     from awares_rl.cli import main
+    from awares_rl.commands.serve_reward import load_reward_config
     from awares_rl.core.config_io import ConfigError
-    from reward.cli import load_reward_config
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text("reward:\n  judge: anls\n  num_workers: 2\n")

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from awares_rl.sft import add_sft_parser
+from awares_rl.commands.stages import add_sft_parser
 from tests.conftest import DIRECT_Q, TOOL_Q, make_image
 
 REPO = Path(__file__).resolve().parents[1]

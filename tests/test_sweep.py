@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 import ray
 
+from awares_rl.commands.stages import run_sweep_recipe
 from awares_rl.config import load_recipe
 from awares_rl.core.config_io import ConfigError
 from awares_rl.sweep.config import SweepConfig, grid_points, search_space
 from awares_rl.sweep.pareto import dominates, pareto_front, recommend
-from awares_rl.sweep.run import check_grid, run_sweep
+from awares_rl.sweep.run import check_grid
 from awares_rl.sweep.trial import apply_params, trial_key, trial_label
 from awares_rl.wandb_offline import read_offline_run
 
@@ -117,7 +118,7 @@ def test_sweep_runs_on_ray_tune_and_resumes(tmp_path, tool_model_dir, wandb_sand
         "sweep.grpo_steps=2", "sweep.overrides=[grpo.lr=1e-3]",
     ]
     try:
-        report = run_sweep(str(RECIPE), overrides, max_rtr=1.0)
+        report = run_sweep_recipe(str(RECIPE), overrides, max_rtr=1.0)
     finally:
         ray.shutdown()
     out = run / "sweeps" / "reward"
@@ -145,7 +146,7 @@ def test_sweep_runs_on_ray_tune_and_resumes(tmp_path, tool_model_dir, wandb_sand
 
     mtimes = {r["trial"]: (out / "trials" / r["trial"] / "results.json").stat().st_mtime for r in ok}
     try:  # resume: the finished trials are read back, not trained again
-        again = run_sweep(str(RECIPE), overrides)
+        again = run_sweep_recipe(str(RECIPE), overrides)
     finally:
         ray.shutdown()
     status = {r["label"]: r["status"] for r in again["trials"]}

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 import awares_rl  # noqa: F401  (torchvision shim before transformers / datasets)
+from awares_rl.commands.data import add_data_parsers
 from awares_rl.core.crops import boxes_to_crops, crop_box, low_res_view
-from data_pipeline.cli import add_data_parsers
 from data_pipeline.config import SynthConfig
 from data_pipeline.datasets import load_hf_dataset, read_samples
 from data_pipeline.render import PALETTE

@@ -178,7 +178,7 @@ def test_resume_after_interruption_gives_the_same_file(dataset, tokenizer, tmp_p
     done = ScriptedEngine(tokenizer, script())
     assert _build(samples, root, tokenizer, cfg, parts, engine=done) == again and done.requests == 0
     with pytest.raises(TrajectoryError, match="other settings"):
-        _build(samples, root, tokenizer, TrajectoryConfig(correct_threshold=0.9), parts)
+        _build(samples, root, tokenizer, TrajectoryConfig(box_rule="max-iou"), parts)
 
 
 class LocalGroup:

@@ -20,7 +20,7 @@ from rich.table import Table
 
 from awares_rl.config import RecipeConfig, load_recipe
 from awares_rl.core.run_paths import RunPaths
-from awares_rl.workspace import ensure_data
+from awares_rl.workspace import base_model, ensure_data
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def _done(model_dir: Path) -> bool:
 def stage_base(cfg: RecipeConfig) -> Path:
     """Pretrain the embedded tiny model to read (skipped when model.path names a real model)."""
     if cfg.model.path:
-        return Path(cfg.model.path)
+        return base_model(cfg)
     from awares_rl.pretrain import fit
 
     out = RunPaths(cfg.run.dir).model("base")
@@ -45,10 +45,11 @@ def stage_base(cfg: RecipeConfig) -> Path:
     return out
 
 
-def stage_trajectories(recipe: str, overrides: list[str], cfg: RecipeConfig) -> None:
+def stage_trajectories(cfg: RecipeConfig) -> None:
     """Train, val and test trajectories (test labels score the crop decisions of the final
     table); a split whose stats file exists is done. One engine serves all splits."""
-    from data_pipeline.trajectories import make_builder, trajectories_from_recipe
+    from awares_rl.trajectories import build_split
+    from data_pipeline.trajectories import make_builder
 
     base = stage_base(cfg)
     todo = [s for s in ("train", "val", "test") if not RunPaths(cfg.run.dir).trajectory_stats(s).is_file()]
@@ -59,7 +60,7 @@ def stage_trajectories(recipe: str, overrides: list[str], cfg: RecipeConfig) -> 
         builder = make_builder(base, cfg.rollout, cfg.model, cfg.trajectories, cfg.reward, cfg.run.seed)
     try:
         for split in todo:
-            trajectories_from_recipe(recipe, overrides, split=split, model_dir=base, builder=builder)
+            build_split(cfg, split, model_dir=base, builder=builder)
     finally:
         if builder is not None:
             builder.engine.close()
@@ -145,7 +146,7 @@ def run_pipeline(recipe: str, overrides: list[str]) -> dict:
     times["data_s"] = time.perf_counter() - t0
     base = stage_base(cfg)
     times["base_s"] = time.perf_counter() - t0 - sum(times.values())
-    stage_trajectories(recipe, overrides, cfg)
+    stage_trajectories(cfg)
     times["trajectories_s"] = time.perf_counter() - t0 - sum(times.values())
     sft = stage_sft(cfg)
     times["sft_s"] = time.perf_counter() - t0 - sum(times.values())

@@ -94,6 +94,10 @@ def build(cls: type[T], data: dict[str, Any] | None, prefix: str = "") -> T:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
+    moved = getattr(cls, "MOVED_KEYS", {})  # a ClassVar: old key -> where it lives now
+    for key in unknown:
+        if key in moved:
+            raise ConfigError(f"{prefix}{key}: this setting moved to {moved[key]}; set it there")
     if unknown:
         raise ConfigError(
             f"{prefix}{unknown[0]}: unknown key; valid keys of {prefix.rstrip('.') or cls.__name__}: "

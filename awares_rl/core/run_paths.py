@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from awares_rl.core.config_io import require
+
 STAGES = ("grpo", "sft", "base", "init")  # models, newest first
 LOG_STAGES = ("pretrain", "sft", "grpo", "eval")  # stages that log into a folder of their own
 METRICS_FILE = "metrics.jsonl"  # one JSON row per step in a stage's log folder
@@ -70,3 +72,20 @@ class RunPaths:
 
     def figure(self, name: str) -> Path:
         return self.root / f"{name}.png"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "awares"  # run name: outputs go to out_dir/name
+    out_dir: str = "runs"  # where run directories are created
+    seed: int = 0  # global seed (data order, sampling, init)
+    threads: int = 0  # torch threads for the driver process; 0 = all cores
+
+    def __post_init__(self) -> None:
+        require(self.seed >= 0, "run.seed", self.seed, ">= 0 (numpy refuses negative seeds)")
+        require(self.threads >= 0, "run.threads", self.threads, ">= 0 (0: all cores)")
+        require(bool(self.name.strip()), "run.name", self.name, "a non-empty folder name")
+
+    @property
+    def dir(self) -> Path:
+        return Path(self.out_dir) / self.name

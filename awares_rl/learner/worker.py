@@ -26,12 +26,13 @@ import torch
 import torch.distributed as dist
 
 from awares_rl import checkpoint as ckpt_io
-from awares_rl.config import LearnerConfig, ModelConfig
 from awares_rl.learner.backends import DeepSpeedBackend, TorchBackend, deepspeed_config
 from awares_rl.learner.batch import TokenSequence, collate_sequences
+from awares_rl.learner.config import LearnerConfig
 from awares_rl.learner.forward import sequence_logprobs
 from awares_rl.learner.objective import Objective, WeightedNLL
 from awares_rl.models import load_policy, load_processor
+from awares_rl.models.config import ModelConfig
 from cluster.actor_group import DistInfo
 
 SCHEDULER_FILE = "scheduler.json"  # in trainer_state/

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import torch
 
-from awares_rl.config import ModelConfig, RolloutConfig
 from awares_rl.core.episode import Episode
 from awares_rl.core.images import DEFAULT_MAX_PIXELS
+from awares_rl.models.config import ModelConfig
 from awares_rl.rollout import EpisodeRunner, EpisodeSettings, SamplingConfig, make_engine
+from awares_rl.rollout.config import RolloutConfig
 from cluster.actor_group import reap_group_on_exit
 
 

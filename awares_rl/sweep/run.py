@@ -9,7 +9,6 @@ on; run the command again and finished trials are read back, not re-run.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
@@ -18,18 +17,20 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
-from awares_rl.config import RecipeConfig, load_recipe
 from awares_rl.core.config_io import ConfigError
 from awares_rl.core.run_paths import RunPaths
 from awares_rl.sweep.config import Dimension, grid_points, search_space
 from awares_rl.sweep.pareto import pareto_front, recommend
 from awares_rl.sweep.trial import RESULT_KEYS, TrialSetup, apply_params, tune_trial
-from awares_rl.workspace import ensure_data
+from awares_rl.workspace import base_model, ensure_data
+
+if TYPE_CHECKING:
+    from awares_rl.config import RecipeConfig
 
 log = logging.getLogger(__name__)
 # A trial's own process waits while its GRPO actors (which reserve their CPUs) work; Tune refuses
@@ -85,9 +86,8 @@ def reference_points(cfg: RecipeConfig, setup: TrialSetup) -> dict[str, dict]:
         return json.loads(cache.read_text())
     from awares_rl.evaluate import evaluate
 
-    base_model = Path(cfg.model.path) if cfg.model.path else RunPaths(cfg.run.dir).model("base")
     ev = replace(cfg.eval, n=cfg.sweep.eval_n)
-    base = evaluate(replace(cfg, eval=replace(ev, modes=["low", "full"])), base_model, setup.eval_data)["summary"]
+    base = evaluate(replace(cfg, eval=replace(ev, modes=["low", "full"])), base_model(cfg), setup.eval_data)["summary"]
     sft = evaluate(replace(cfg, eval=replace(ev, modes=["policy"])), setup.start_model, setup.eval_data,
                    setup.labels)["summary"]["policy"]
     refs = {"low-res only": base["low"], "full-res only": base["full"], "SFT (start)": sft}
@@ -193,20 +193,19 @@ def write_outputs(cfg: RecipeConfig, rows: list[dict], refs: dict[str, dict], ma
     return report
 
 
-def run_sweep(recipe: str, overrides: list[str], max_rtr: float | None = None,
+def run_sweep(cfg: RecipeConfig, trials: RecipeConfig, max_rtr: float | None = None,
               min_accuracy: float | None = None) -> dict[str, Any]:
-    """Run (or resume) the recipe's sweep; returns pareto.json's content."""
+    """Run (or resume) the recipe's sweep; returns pareto.json's content. ``trials`` is the
+    recipe with ``sweep.overrides`` applied (every trial starts from it)."""
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from awares_rl.grpo import grpo_cpus, start_local_ray
 
-    cfg = load_recipe(recipe, overrides)
     if min_accuracy is not None and 0 < min_accuracy <= 1:
         min_accuracy *= 100  # 0.95 and 95 both mean 95 %
     sw, dims = cfg.sweep, search_space(cfg.sweep)
     check_grid(cfg, dims)
-    trials = load_recipe(recipe, [*overrides, *sw.overrides]) if sw.overrides else cfg
     setup, console, t0 = trial_setup(cfg, trials), _console(), time.perf_counter()
     console.print(f"[bold]sweep {sw.name}[/bold]: {sw.trials} trials ({sw.search}) x {sw.grpo_steps} GRPO steps "
                   f"from {setup.start_model}, evaluated on {sw.eval_split} -> {setup.sweep_dir}")
@@ -239,15 +238,3 @@ def _print_pick(console: Console, report: dict[str, Any]) -> None:
     else:
         console.print(f"recommended for {target}: [bold]{pick['label']}[/bold] "
                       f"(accuracy {pick['accuracy']:.1f}%, RTR {pick['rtr']:.3f})")
-
-
-def add_sweep_parser(sub: argparse._SubParsersAction) -> None:
-    """``awares-rl sweep --recipe R [--max-rtr X | --min-accuracy Y] [key=value ...]``."""
-    p = sub.add_parser("sweep", help="reward-weight sweep on Ray Tune from the SFT model: the accuracy/RTR front")
-    p.add_argument("--recipe", default="recipes/tiny_cpu.yaml", help="recipe YAML (its sweep: section)")
-    target = p.add_mutually_exclusive_group()
-    target.add_argument("--max-rtr", type=float, default=None, help="recommend the most accurate trial within this RTR")
-    target.add_argument("--min-accuracy", type=float, default=None,
-                        help="recommend the cheapest trial with at least this accuracy (95 or 0.95: 95 %%)")
-    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. sweep.grpo_steps=5")
-    p.set_defaults(func=lambda a: run_sweep(a.recipe, a.overrides, a.max_rtr, a.min_accuracy) and 0)

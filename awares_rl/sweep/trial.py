@@ -12,10 +12,12 @@ import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from awares_rl.config import RecipeConfig
 from awares_rl.core.run_paths import RunPaths
+
+if TYPE_CHECKING:
+    from awares_rl.config import RecipeConfig
 
 log = logging.getLogger(__name__)
 

@@ -68,12 +68,13 @@ def add_trajectories_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_trajectories(args: argparse.Namespace) -> int:
+    from awares_rl.config import load_recipe
     from awares_rl.core.trajectory import TrajectoryError
-    from data_pipeline.trajectories import trajectories_from_recipe
+    from awares_rl.trajectories import build_split
 
     try:
-        trajectories_from_recipe(args.recipe, args.overrides, args.split, args.model, args.out,
-                                 args.limit, progress=not args.quiet)
+        build_split(load_recipe(args.recipe, args.overrides), args.split, args.model, args.out, args.limit,
+                    progress=not args.quiet)
     except (TrajectoryError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

