@@ -24,13 +24,13 @@ from tqdm import tqdm
 from awares_rl.algo import weighted_token_nll
 from awares_rl.core.crops import NUM_CROPS, boxes_to_crops, crop_boxes, cut_crops, low_res_view
 from awares_rl.core.sample import Sample
-from awares_rl.learner.fast_vision import fast_vision
-from awares_rl.learner.sft_batch import (
+from awares_rl.learner.batch import collate_sequences, model_inputs
+from awares_rl.learner.conversation import (
     Conversation,
-    collate_conversations,
-    model_inputs,
+    conversation_to_sequence,
     multi_qa_conversation,
 )
+from awares_rl.learner.fast_vision import fast_vision
 from awares_rl.models.tiny import TinyModelConfig, build_tiny
 from awares_rl.vqa import accuracy_by_group, answer_questions
 from data_pipeline.config import SynthConfig
@@ -182,10 +182,16 @@ def _grad_norm(params) -> float:
     return float(torch.stack(norms).norm()) if norms else 0.0
 
 
+def collate(conversations: list[Conversation], processor) -> dict:
+    """The training batch of ``conversations`` (``collate_sequences``, the learner's one collate)."""
+    return collate_sequences([conversation_to_sequence(c, processor) for c in conversations], processor)
+
+
 def train_step(model, batch: dict, optimizer, cfg: PretrainConfig) -> dict[str, float]:
-    """One optimizer step on a collated batch; returns loss and gradient norms."""
+    """One optimizer step on a collated batch; returns loss and gradient norms. The targets are
+    the tokens with a loss weight (``loss_weights``), so the labels are the input ids."""
     logits = model(**model_inputs(batch)).logits
-    loss, _ = weighted_token_nll(logits, batch["labels"], batch["loss_weights"])
+    loss, _ = weighted_token_nll(logits, batch["input_ids"], batch["loss_weights"])
     loss.backward()
     vision = _grad_norm(model.model.visual.parameters())
     total = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
@@ -205,7 +211,7 @@ def train_loop(model, processor, optimizer, cfg: PretrainConfig) -> tuple[list[d
             probes.append({"step": step, **probe(model, processor, cfg)})
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
-        batch = collate_conversations(next_conversations(stream, grounding, cfg), processor)
+        batch = collate(next_conversations(stream, grounding, cfg), processor)
         stats = train_step(model, batch, optimizer, cfg)
         elapsed = time.perf_counter() - start
         bar.set_postfix(loss=f"{stats['loss']:.3f}", vis=f"{stats['vision_grad_norm']:.2f}")

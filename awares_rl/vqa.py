@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from PIL import Image
 
-from awares_rl.learner.sft_batch import user_turn
+from awares_rl.learner.conversation import user_turn
 
 
 @torch.no_grad()

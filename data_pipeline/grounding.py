@@ -176,10 +176,10 @@ def vqa_prompt_ids(tokenizer, text: str, system_prompt: str | None = None) -> li
     """Compact prompt ids of a plain VQA turn: [system], user(image, text), assistant header.
 
     This is the format the base model was pretrained with (``awares_rl.pretrain`` renders
-    ``sft_batch.user_turn`` with the chat template, no system message); a real model's template
+    ``conversation.user_turn`` with the chat template, no system message); a real model's template
     adds its own default system prompt, exactly as in its instruction tuning.
     """
-    from awares_rl.learner.sft_batch import user_turn
+    from awares_rl.learner.conversation import user_turn
 
     messages = [] if system_prompt is None else [{"role": "system", "content": system_prompt}]
     messages.append(user_turn(text))

@@ -1,5 +1,6 @@
-"""Pretraining pieces: chat collate with several images and turn weights, the fast vision path,
-plain-VQA scoring, and a two-step smoke run of ``awares-rl pretrain`` that reloads."""
+"""Pretraining pieces: conversations with several images and turn weights as the learner's token
+sequences (the same batch the processor builds), the fast vision path, plain-VQA scoring, and a
+two-step smoke run of ``awares-rl pretrain`` that reloads."""
 
 from __future__ import annotations
 
@@ -12,18 +13,18 @@ from PIL import Image
 
 import awares_rl  # noqa: F401  (torchvision shim before transformers)
 from awares_rl.algo import weighted_token_nll
-from awares_rl.learner.fast_vision import fast_vision
-from awares_rl.learner.sft_batch import (
-    IGNORE_INDEX,
+from awares_rl.learner.batch import MODEL_KEYS, model_inputs
+from awares_rl.learner.conversation import (
     Conversation,
     assistant_turn,
-    collate_conversations,
-    model_inputs,
+    conversation_to_sequence,
     multi_qa_conversation,
     user_turn,
+    vqa_conversation,
 )
+from awares_rl.learner.fast_vision import fast_vision
 from awares_rl.models.tiny import TinyModelConfig, build_tiny
-from awares_rl.pretrain import PretrainConfig, fit, lr_at, training_stream
+from awares_rl.pretrain import PretrainConfig, collate, fit, lr_at, training_stream
 from awares_rl.vqa import accuracy_by_group
 from data_pipeline.config import SynthConfig
 from data_pipeline.scene import vocab_texts
@@ -40,54 +41,73 @@ def _img(seed: int, size=(224, 280)) -> Image.Image:
     return Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
 
 
-def _decode_targets(batch, processor, row: int) -> list[tuple[str, float]]:
-    """(token, weight) of each target position of ``row``."""
-    ids, labels, w = batch["input_ids"][row], batch["labels"][row], batch["loss_weights"][row]
-    keep = labels != IGNORE_INDEX
-    assert torch.equal(labels[keep], ids[keep]) and bool((w[~keep] == 0).all())
-    tokens = processor.tokenizer.convert_ids_to_tokens(ids[keep].tolist())
-    return list(zip(tokens, w[keep].tolist()))
-
-
-def test_collate_marks_each_assistant_turn_with_its_weight(tiny):
-    _, processor = tiny
-    two_turns = Conversation(
+def _conversations() -> list[Conversation]:
+    """One image; a tool call and two crops in one turn (weights 5, 1); three QAs about one image
+    shown only in the first turn, with their own weights."""
+    tool_call = Conversation(
         [user_turn("What pattern is in the red panel?"), assistant_turn("GET_CROPS: ['3']"),
          user_turn("Here are the crops.", n_images=2), assistant_turn("vertical")],
         [_img(0), _img(1, (112, 140)), _img(2, (140, 112))],
         turn_weights=[5.0, 1.0],
     )
-    one_turn = multi_qa_conversation(_img(3), [("What pattern is in the red panel?", "horizontal")])
-    batch = collate_conversations([two_turns, one_turn], processor)
-    assert batch["image_grid_thw"].shape == (4, 3)
-    assert batch["input_ids"].shape == batch["mm_token_type_ids"].shape == batch["labels"].shape
-    first = _decode_targets(batch, processor, 0)
-    text = processor.tokenizer.convert_tokens_to_string([t for t, _ in first])
-    assert text == "GET_CROPS: ['3']<|im_end|>vertical<|im_end|>"
-    end = [t for t, _ in first].index("<|im_end|>") + 1  # the tool-call turn, with its end
-    assert [w for _, w in first] == [5.0] * end + [1.0] * (len(first) - end)
-    second = [t for t, _ in _decode_targets(batch, processor, 1)]
-    assert processor.tokenizer.convert_tokens_to_string(second) == "horizontal<|im_end|>"
-    assert batch["attention_mask"][1].sum() < batch["attention_mask"][0].sum()  # right-padded
+    multi = multi_qa_conversation(_img(3, (280, 224)), [("What pattern is in the red panel?", "horizontal"),
+                                                        ("Which crop shows the red panel?", "2"), ("Q?", "vertical")])
+    multi.turn_weights = [1.0, 2.5, 0.5]
+    return [vqa_conversation(_img(4, (336, 224)), "What pattern is in the red panel?", "horizontal"), tool_call, multi]
 
 
-def test_collate_rejects_mismatched_images_and_weights(tiny):
+def _weighted_turns(batch, tokenizer, row: int) -> list[tuple[str, float]]:
+    """(text, weight) of each run of equally weighted tokens of ``row`` (weight 0 dropped)."""
+    runs: list[tuple[list[int], float]] = []
+    w_prev = 0.0
+    for t, w in zip(batch["input_ids"][row].tolist(), batch["loss_weights"][row].tolist()):
+        if w and w == w_prev:
+            runs[-1][0].append(t)
+        elif w:
+            runs.append(([t], w))
+        w_prev = w
+    return [(tokenizer.decode(ids, skip_special_tokens=False), w) for ids, w in runs]
+
+
+@pytest.mark.parametrize("family", ["qwen3_vl", "qwen2_5_vl"])
+def test_conversations_collate_to_the_processors_batch(family):
+    """The learner's one collate of the conversations' token sequences == the processor's own
+    batch of the chat-template texts; the weights are each assistant turn's, on its text and end."""
+    _, processor = build_tiny(TinyModelConfig(family=family), ["What pattern is in the red panel? horizontal vertical"])
+    convs = _conversations()
+    batch = collate(convs, processor)
+    reference = processor(
+        text=[processor.apply_chat_template(c.messages, tokenize=False) for c in convs],
+        images=[im for c in convs for im in c.images], padding=True, padding_side="right",
+        return_tensors="pt", return_mm_token_type_ids=True,
+    )
+    assert set(MODEL_KEYS) <= set(reference)
+    for key in MODEL_KEYS:
+        assert torch.equal(batch[key], reference[key]), key
+    assert batch["image_grid_thw"].shape == (5, 3) and batch["attention_mask"][0].sum() < batch["attention_mask"][1].sum()
+    for row, conv in enumerate(convs):
+        answers = [m["content"][0]["text"] + "<|im_end|>" for m in conv.messages if m["role"] == "assistant"]
+        weights = conv.turn_weights or [1.0] * len(answers)
+        assert _weighted_turns(batch, processor.tokenizer, row) == list(zip(answers, weights))
+
+
+def test_conversation_to_sequence_rejects_mismatched_images_and_weights(tiny):
     _, processor = tiny
     with pytest.raises(ValueError, match="1 image parts but 2 images"):
-        collate_conversations([Conversation([user_turn("Q?")], [_img(0), _img(1)])], processor)
+        conversation_to_sequence(Conversation([user_turn("Q?")], [_img(0), _img(1)]), processor)
     conv = Conversation([user_turn("Q?"), assistant_turn("a")], [_img(0)], turn_weights=[1, 2])
     with pytest.raises(ValueError, match="2 turn_weights for 1 assistant"):
-        collate_conversations([conv], processor)
+        conversation_to_sequence(conv, processor)
 
 
 def test_fast_vision_matches_the_stock_path(tiny):
     model, processor = tiny
     convs = [multi_qa_conversation(_img(i, (224 + 56 * i, 224)), [("Q?", "vertical")]) for i in range(3)]
-    batch = collate_conversations(convs, processor)
+    batch = collate(convs, processor)
 
     def loss_and_grads():
         model.zero_grad()
-        loss, _ = weighted_token_nll(model(**model_inputs(batch)).logits, batch["labels"],
+        loss, _ = weighted_token_nll(model(**model_inputs(batch)).logits, batch["input_ids"],
                                      batch["loss_weights"])
         loss.backward()
         return loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
