@@ -36,7 +36,7 @@ from awares_rl.core.trajectory import Trajectory
 from awares_rl.rollout import EpisodeRunner, EpisodeSettings, SamplingConfig, make_engine
 from data_pipeline.grounding import vqa_prompt_ids
 from reward.judges import route_judge
-from reward.scoring import run_judge
+from reward.scoring import judge_batch
 
 if TYPE_CHECKING:
     from awares_rl.config import RecipeConfig
@@ -207,16 +207,12 @@ def run_mode(engine, processor, items: list[EvalItem], root: Path, mode: str, cf
 
 
 def score(preds: list[Prediction], items: list[EvalItem], cfg: RecipeConfig) -> None:
-    """Set ``score`` and ``correct`` of each prediction (no answer scores 0), one judge call per metric."""
-    by_judge: dict[str, list[int]] = defaultdict(list)
-    for k, (p, it) in enumerate(zip(preds, items)):
+    """Set ``score`` and ``correct`` of each prediction (no answer scores 0; ``judge_batch``)."""
+    judges = [route_judge(it.sample.metric, cfg.reward.judge) for it in items]
+    got, _ = judge_batch([p.answer for p in preds], [it.sample.answers for it in items], judges, cfg.reward)
+    for p, s in zip(preds, got, strict=True):
         if p.answer is not None:
-            by_judge[route_judge(it.sample.metric, cfg.reward.judge)].append(k)
-    for name, idx in by_judge.items():
-        got, _ = run_judge(name, [preds[k].answer or "" for k in idx],
-                           [list(items[k].sample.answers) for k in idx], cfg.reward)
-        for k, s in zip(idx, got):
-            preds[k].score, preds[k].correct = float(s), cfg.reward.correct(float(s))
+            p.score, p.correct = s, cfg.reward.correct(s)
 
 
 def _mean(values: list[float]) -> float:

@@ -34,7 +34,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -123,19 +122,13 @@ def make_judge_fn(cfg: TrajectoryConfig, reward_cfg=None) -> JudgeFn:
     """A batched judge: each sample scored by ``cfg.judge_for(metric, reward_cfg.judge)``, one call per judge.
     ``reward_cfg`` (a ``RewardConfig``) supplies the embedding model and the LLM endpoint."""
     from reward.config import RewardConfig
-    from reward.scoring import run_judge
+    from reward.scoring import judge_batch
 
     reward_cfg = reward_cfg or RewardConfig()
 
     def judge(predictions: list[str], references: list[list[str]], metrics: list[str | None]) -> list[float]:
-        scores, groups = [0.0] * len(predictions), defaultdict(list)
-        for i, metric in enumerate(metrics):
-            groups[cfg.judge_for(metric, reward_cfg.judge)].append(i)
-        for name, idx in groups.items():
-            got, _ = run_judge(name, [predictions[i] for i in idx], [references[i] for i in idx], reward_cfg)
-            for i, s in zip(idx, got, strict=True):
-                scores[i] = float(s)
-        return scores
+        judges = [cfg.judge_for(m, reward_cfg.judge) for m in metrics]
+        return judge_batch(predictions, references, judges, reward_cfg)[0]
 
     return judge
 

@@ -127,21 +127,31 @@ def run_judge(
     return judge(predictions, references, **kwargs), [name] * len(predictions)
 
 
-def answer_scores(
-    requests: Sequence[RewardRequest], cfg: RewardConfig
+def judge_batch(
+    predictions: Sequence[str | None], references: Sequence[Sequence[str]], judges: Sequence[str],
+    cfg: RewardConfig,
 ) -> tuple[list[float], list[str]]:
-    """R_ans per request (0 without a final answer), one batched judge call per judge name."""
-    scores, sources = [0.0] * len(requests), [NO_ANSWER] * len(requests)
+    """The one batched scorer of trajectories, GRPO and eval: item i scored by judge ``judges[i]``
+    (the stage's ``route_judge``), one call per judge name; no prediction scores 0 (``NO_ANSWER``).
+    Returns the scores and the judge that produced each (a fallback names itself)."""
+    scores, sources = [0.0] * len(predictions), [NO_ANSWER] * len(predictions)
     by_judge: dict[str, list[int]] = {}
-    for i, req in enumerate(requests):
-        if req.prediction is not None:
-            by_judge.setdefault(cfg.judge_for(req.metric), []).append(i)
+    for i, (pred, name) in enumerate(zip(predictions, judges, strict=True)):
+        if pred is not None:
+            by_judge.setdefault(name, []).append(i)
     for name, idx in by_judge.items():
-        preds = [requests[i].prediction or "" for i in idx]
-        got, src = run_judge(name, preds, [requests[i].references for i in idx], cfg)
+        got, src = run_judge(name, [predictions[i] for i in idx], [list(references[i]) for i in idx], cfg)
         for i, s, j in zip(idx, got, src, strict=True):
             scores[i], sources[i] = float(s), j
     return scores, sources
+
+
+def answer_scores(
+    requests: Sequence[RewardRequest], cfg: RewardConfig
+) -> tuple[list[float], list[str]]:
+    """R_ans per request (0 without a final answer): ``judge_batch`` with the reward's routing."""
+    return judge_batch([r.prediction for r in requests], [r.references for r in requests],
+                       [cfg.judge_for(r.metric) for r in requests], cfg)
 
 
 def score_requests(requests: Sequence[RewardRequest], cfg: RewardConfig) -> list[RewardParts]:
