@@ -10,17 +10,25 @@ Each actor gets ``dist=DistInfo(rank, world_size, master_addr, master_port)`` as
 argument; the master is a free port on the node of bundle 0. The same code runs under a local
 ``ray.init()`` and on a cluster. ``in_process=True`` (one worker only) builds the object in the
 driver process instead: no Ray, same interface (tests, debugging).
+
+``placement="free"`` places each actor on its own (no placement group, no torch.distributed
+master: for actors that do not form a process group, such as reward scorers), and
+``call_chunks`` sends a list of argument chunks round-robin over the actors:
+
+    group = ActorGroup(RewardService, 2, cfg, placement="free", max_restarts=2, max_task_retries=2)
+    parts = group.call_chunks("score", [chunk_a, chunk_b, chunk_c])   # in chunk order
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 # Environment variables handed to every actor when set in the driver (caches, accelerator).
 FORWARD_ENV = ("TORCH_EXTENSIONS_DIR", "DS_ACCELERATOR", "HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM")
@@ -102,25 +110,42 @@ def split_evenly(items: Sequence, parts: int) -> list[list]:
 
 
 class ActorGroup:
-    """``num_actors`` actors of ``cls`` placed in one placement group (one bundle each)."""
+    """``num_actors`` actors of ``cls``: in one placement group (one bundle each), or with
+    ``placement="free"`` each where the cluster has room."""
 
     def __init__(self, cls: type, num_actors: int, *args: Any, cpus_per_actor: float = 1.0,
                  gpus_per_actor: float = 0.0, in_process: bool = False, strategy: str = "PACK",
-                 **kwargs: Any) -> None:
+                 placement: Literal["group", "free"] = "group", max_restarts: int = 0,
+                 max_task_retries: int = 0, **kwargs: Any) -> None:
         if num_actors < 1:
             raise ValueError(f"num_actors must be >= 1, got {num_actors}")
         if in_process and num_actors != 1:
             raise ValueError("in_process=True runs one worker in the driver; use num_actors=1 or Ray")
+        if placement not in ("group", "free"):
+            raise ValueError(f"placement must be 'group' or 'free', got {placement!r}")
         self.num_actors, self.pg, self.actors = num_actors, None, []
+        self._turn = itertools.count()
         self.local = cls(*args, dist=DistInfo(master_port=free_port()), **kwargs) if in_process else None
         if self.local is None:
-            self._start(cls, args, kwargs, cpus_per_actor, gpus_per_actor, strategy)
+            restarts = {"max_restarts": max_restarts, "max_task_retries": max_task_retries}
+            self._start(cls, args, kwargs, cpus_per_actor, gpus_per_actor, strategy, placement, restarts)
 
-    def _start(self, cls, args, kwargs, cpus: float, gpus: float, strategy: str) -> None:
+    def _start(self, cls, args, kwargs, cpus: float, gpus: float, strategy: str, placement: str,
+               restarts: dict[str, int]) -> None:
         import ray
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+        env = {k: os.environ[k] for k in FORWARD_ENV if k in os.environ}
+        remote_cls = ray.remote(cls)
+        opts = {"num_cpus": cpus, "num_gpus": gpus, **restarts, "runtime_env": {"env_vars": env} if env else None}
+        if placement == "free":
+            # "DEFAULT": placed on the cluster's free resources, never captured into a caller's
+            # placement group (a Ray Tune trial's holds only the trial itself)
+            self.actors = [remote_cls.options(**opts, scheduling_strategy="DEFAULT")
+                           .remote(*args, dist=DistInfo(i, self.num_actors), **kwargs)
+                           for i in range(self.num_actors)]
+            return
         bundle = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
         self.pg = placement_group([bundle] * self.num_actors, strategy=strategy)
         ray.get(self.pg.ready())
@@ -129,11 +154,8 @@ class ActorGroup:
             return PlacementGroupSchedulingStrategy(placement_group=self.pg, placement_group_bundle_index=i)
 
         addr, port = ray.get(ray.remote(_master_address).options(num_cpus=0, scheduling_strategy=at(0)).remote())
-        env = {k: os.environ[k] for k in FORWARD_ENV if k in os.environ}
-        remote_cls = ray.remote(cls)
         self.actors = [
-            remote_cls.options(num_cpus=cpus, num_gpus=gpus, scheduling_strategy=at(i),
-                               runtime_env={"env_vars": env} if env else None)
+            remote_cls.options(**opts, scheduling_strategy=at(i))
             .remote(*args, dist=DistInfo(i, self.num_actors, addr, port), **kwargs)
             for i in range(self.num_actors)
         ]
@@ -155,14 +177,27 @@ class ActorGroup:
         shards = split_evenly(items, self.num_actors)
         return ray.get([getattr(a, method).remote(s, *args, **kwargs) for a, s in zip(self.actors, shards)])
 
+    def call_chunks(self, method: str, chunks: Sequence, *args: Any, **kwargs: Any) -> list[Any]:
+        """``method(chunk, *args, **kwargs)`` once per chunk, the chunks dealt round-robin over the
+        actors (the turn carries over between calls); the results in chunk order."""
+        if self.local is not None:
+            return [getattr(self.local, method)(c, *args, **kwargs) for c in chunks]
+        import ray
+
+        return ray.get([getattr(self.actors[next(self._turn) % self.num_actors], method).remote(c, *args, **kwargs)
+                        for c in chunks])
+
     def shutdown(self) -> None:
-        """Kill the actors and release the placement group."""
+        """Kill the actors and release the placement group, if any."""
         self.local = None
         if self.actors:
             import ray
-            from ray.util.placement_group import remove_placement_group
 
             for a in self.actors:
                 ray.kill(a)
+            self.actors = []
+        if self.pg is not None:
+            from ray.util.placement_group import remove_placement_group
+
             remove_placement_group(self.pg)
-            self.actors, self.pg = [], None
+            self.pg = None

@@ -1,4 +1,4 @@
-"""RewardService (one process, batched) and RewardPool (N Ray actors of it, fanned out).
+"""RewardService (one process, batched) and RewardPool (an ActorGroup of N of it, fanned out).
 
     pool = RewardPool(RewardConfig(num_workers=2))        # after ray.init()
     parts = pool.score_episodes(episodes)                 # sets ep.reward, keeps the order
@@ -9,13 +9,13 @@ tokens); a batch is split into at most ``batch_size`` items a call and spread ro
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from awares_rl.core.episode import Episode, RewardParts
+from cluster.actor_group import ActorGroup, DistInfo
 from reward.config import RewardConfig
 from reward.scoring import RewardRequest, score_requests
 
@@ -54,7 +54,9 @@ def judges_in_use(cfg: RewardConfig) -> set[str]:
 class RewardService:
     """Scores batches in this process. ``RewardPool`` runs it as a Ray actor."""
 
-    def __init__(self, cfg: RewardConfig, num_threads: int | None = None) -> None:
+    def __init__(self, cfg: RewardConfig, num_threads: int | None = None,
+                 dist: DistInfo | None = None) -> None:
+        """``dist`` (given by ActorGroup) is ignored: the scorers form no process group."""
         self.cfg = cfg
         self.num_threads = num_threads
         self.scored = 0
@@ -82,7 +84,8 @@ class RewardService:
 
 
 class RewardPool:
-    """``cfg.num_workers`` RewardService actors, each reserving ``cfg.cpus_per_worker`` CPUs."""
+    """``cfg.num_workers`` RewardService actors (an ActorGroup with free placement), each
+    reserving ``cfg.cpus_per_worker`` CPUs."""
 
     def __init__(self, cfg: RewardConfig, warmup: bool = True) -> None:
         import ray
@@ -92,35 +95,33 @@ class RewardPool:
                 "RewardPool needs Ray: call ray.init() (or ray.init(address=...)) first"
             )
         threads = max(1, math.floor(cfg.cpus_per_worker))
-        # "DEFAULT": placed on the cluster's free CPUs, never captured into a caller's placement
-        # group (a Ray Tune trial's holds only the trial itself)
-        actor_cls = ray.remote(RewardService).options(
-            num_cpus=cfg.cpus_per_worker, max_restarts=2, max_task_retries=2, scheduling_strategy="DEFAULT"
-        )
+        # free placement: never captured into a caller's placement group (a Ray Tune trial's)
         self.cfg = cfg
-        self.actors = [actor_cls.remote(cfg, threads) for _ in range(cfg.num_workers)]
-        self._turn = itertools.count()
+        self.group = ActorGroup(
+            RewardService, cfg.num_workers, cfg, threads, cpus_per_actor=cfg.cpus_per_worker,
+            placement="free", max_restarts=2, max_task_retries=2,
+        )
         if warmup:  # fail fast here (a missing model) rather than on the first batch
-            ray.get([a.warmup.remote() for a in self.actors])
+            self.group.call("warmup")
+
+    @property
+    def actors(self) -> list:
+        """The RewardService actor handles."""
+        return self.group.actors
 
     def _chunks(self, requests: list[RewardRequest]) -> list[list[RewardRequest]]:
         n_chunks = min(
-            len(requests), max(len(self.actors), math.ceil(len(requests) / self.cfg.batch_size))
+            len(requests), max(self.group.num_actors, math.ceil(len(requests) / self.cfg.batch_size))
         )
         size = math.ceil(len(requests) / max(n_chunks, 1))
         return [requests[i : i + size] for i in range(0, len(requests), size)]
 
     def score(self, items: Sequence[Item]) -> list[RewardParts]:
         """Split into chunks, one actor call each (round-robin), gather in the original order."""
-        import ray
-
         if not items:
             return []
-        refs = [
-            self.actors[next(self._turn) % len(self.actors)].score.remote(chunk)
-            for chunk in self._chunks(to_requests(items))
-        ]
-        return [p for chunk_parts in ray.get(refs) for p in chunk_parts]
+        results = self.group.call_chunks("score", self._chunks(to_requests(items)))
+        return [p for chunk_parts in results for p in chunk_parts]
 
     def score_episodes(self, episodes: Sequence[Episode]) -> list[RewardParts]:
         """Score episodes on the actors and set each ``ep.reward``."""
@@ -130,9 +131,7 @@ class RewardPool:
         return parts
 
     def health(self) -> dict[str, Any]:
-        import ray
-
-        states = ray.get([a.health.remote() for a in self.actors])
+        states = self.group.call("health")
         return {
             "status": "ok",
             "judge": self.cfg.judge,
@@ -141,8 +140,4 @@ class RewardPool:
         }
 
     def shutdown(self) -> None:
-        import ray
-
-        for a in self.actors:
-            ray.kill(a)
-        self.actors = []
+        self.group.shutdown()
