@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pytest.importorskip("openrlhf")
+pytest.importorskip("openrlhf.utils.agent")  # openrlhf 0.11.2, installed --no-deps (setup_venv.sh)
 
 from openrlhf.datasets.prompts_dataset import preprocess_data  # noqa: E402
 from openrlhf.utils.agent import AgentExecutorBase  # noqa: E402
