@@ -17,7 +17,11 @@ R = w_ans * R_ans - C_tool + format, with C_tool = alpha_miss | alpha_use + lam 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import yaml
+
+from awares_rl.core.config_io import ConfigError, apply_overrides, build
 from reward.judges import BENCHMARK_JUDGES, CORRECT_THRESHOLD, JUDGES, is_correct, route_judge
 from reward.llm_judge import DEFAULT_PROMPT
 
@@ -126,3 +130,17 @@ class RewardConfig:
         """R_ans's judge for a sample whose metric is ``metric``: ``metric_judges``, else ``judge``
         (``reward.judges.route_judge`` without the benchmark table: the paper's one reward judge)."""
         return route_judge(metric, self.judge, self.metric_judges, by_benchmark=False)
+
+
+def load_reward_config(recipe: str | None, overrides: list[str]) -> RewardConfig:
+    """The recipe's ``reward`` section (if any) with ``reward.key=value`` (or ``key=value``)
+    overrides applied; raises ConfigError naming the key."""
+    data: dict = {}
+    if recipe:
+        path = Path(recipe)
+        if not path.is_file():
+            raise ConfigError(f"recipe {path} not found; recipes live in recipes/*.yaml")
+        data = (yaml.safe_load(path.read_text()) or {}).get("reward") or {}
+    prefixed = [o if o.startswith("reward.") else f"reward.{o}" for o in overrides]
+    section = apply_overrides({"reward": dict(data)}, prefixed)["reward"]
+    return build(RewardConfig, section, prefix="reward.")

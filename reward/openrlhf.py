@@ -12,6 +12,9 @@ an answer or a GET_CROPS call; after a call, the last assistant turn is the fina
 GET_CROPS after the first call makes the response invalid ("second-call", like a malformed call).
 A label is a plain answer string, a JSON list of answers, or a JSON object
 ``{"answers": [...], "metric": "anls", "needs_high_res": true}`` (a dict when sent as JSON).
+The AwaRes agent (reward/openrlhf_agent.py) reads the object form with the sample's image too:
+``{"id": ..., "image": "/abs/path.png", "answers": [...], "metric": ..., "needs_high_res": ...}``
+(``agent_label`` writes it, ``parse_agent_label`` reads it).
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from pathlib import Path
 
 from awares_rl.core.episode import RewardParts
 from awares_rl.core.protocol import ToolCallError, parse_answer, parse_tool_call
+from awares_rl.core.sample import Sample
 from reward.scoring import RewardRequest
 
 ASSISTANT = "<|im_start|>assistant"
@@ -29,7 +34,8 @@ TURN_END = "<|im_end|>"
 _SPECIAL = re.compile(r"<\|[a-z_]+\|>")
 
 
-def _clean(turn: str) -> str:
+def clean_turn(turn: str) -> str:
+    """One assistant turn's text: up to its ``<|im_end|>``, special tokens dropped, stripped."""
     return _SPECIAL.sub("", turn.split(TURN_END, 1)[0]).strip()
 
 
@@ -43,11 +49,11 @@ def response_turns(query: str, prompt: str | None) -> list[str]:
     prompt = prompt or ""
     segments = query.split(ASSISTANT)
     if len(segments) == 1:
-        return [_clean(query[len(prompt) :] if query.startswith(prompt) else query)]
+        return [clean_turn(query[len(prompt) :] if query.startswith(prompt) else query)]
     in_prompt = prompt.count(ASSISTANT)
     opens_turn = prompt.rstrip().endswith(ASSISTANT)  # the generation prompt is part of the prompt
     first = in_prompt if opens_turn else in_prompt + 1
-    return [_clean(seg.removeprefix("\n")) for seg in segments[max(first, 1) :]]
+    return [clean_turn(seg.removeprefix("\n")) for seg in segments[max(first, 1) :]]
 
 
 def parse_response(turns: Sequence[str]) -> tuple[str | None, list[int], str | None]:
@@ -96,6 +102,35 @@ def parse_label(label: object, where: str = "label") -> tuple[list[str], str | N
         f"{where} must be an answer string, a non-empty list of answers, or an object "
         f'{{"answers": [...], "metric": ..., "needs_high_res": ...}}; got {label!r}'
     )
+
+
+def agent_label(sample: Sample, jsonl_path: str | Path) -> str:
+    """The agent's label of ``sample`` (listed in ``jsonl_path``) as a JSON string, so a dataset
+    loader keeps it one string column; the image path is made absolute."""
+    return json.dumps({
+        "id": sample.id, "image": str(sample.image_path(jsonl_path)), "answers": list(sample.answers),
+        "metric": sample.metric, "needs_high_res": sample.needs_high_res,
+    }, ensure_ascii=False)
+
+
+def parse_agent_label(
+    label: object, where: str = "label"
+) -> tuple[str, list[str], str | None, bool | None]:
+    """(image path, references, metric, needs_high_res) from an ``agent_label``; ValueError
+    naming ``where`` and the fix."""
+    obj = label
+    if isinstance(label, str):
+        try:
+            obj = json.loads(label)
+        except json.JSONDecodeError:
+            obj = None
+    image = obj.get("image") if isinstance(obj, dict) else None
+    if not isinstance(image, str) or not image:
+        raise ValueError(
+            f'{where} must be a JSON object naming its "image" (the AwaRes agent crops it); got '
+            f"{label!r}: convert the Sample JSONL with `awares-rl data openrlhf --src ... --out ...`"
+        )
+    return (image, *parse_label(obj, where))
 
 
 def openrlhf_requests(

@@ -1,4 +1,4 @@
-"""``awares-rl data ...`` subcommands: synth, convert, validate, trajectories.
+"""``awares-rl data ...`` subcommands: synth, convert, validate, openrlhf, trajectories.
 
 ``add_data_parsers(subparsers)`` registers them on the top-level argparse subparsers; each leaf
 parser sets ``func`` to a handler ``(args) -> int`` (the exit status).
@@ -49,6 +49,13 @@ def add_data_parsers(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     val.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                      help="images larger than this are refused (data.max_image_pixels)")
     val.set_defaults(func=run_validate)
+
+    orl = sub.add_parser("openrlhf", help="Sample JSONL -> OpenRLHF prompt JSONL for the AwaRes agent")
+    orl.add_argument("--src", required=True, help="Sample JSONL file")
+    orl.add_argument("--out", required=True, help="output JSONL (OpenRLHF --data.prompt_dataset)")
+    orl.add_argument("--system-prompt", default=None, help="default: the protocol's SYSTEM_PROMPT")
+    orl.add_argument("--on-error", default="fail", choices=("fail", "skip"))
+    orl.set_defaults(func=run_openrlhf)
 
     add_trajectories_parser(sub)
     return data
@@ -115,6 +122,20 @@ def run_convert(args: argparse.Namespace) -> int:
     try:
         report = convert(args.format, args.src, args.out, args.on_error, args.split, args.max_pixels)
     except (ConvertError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    _print_skipped(report.errors)
+    print(report.summary())
+    return 0
+
+
+def run_openrlhf(args: argparse.Namespace) -> int:
+    from awares_rl.core.sample import SampleError
+    from data_pipeline.openrlhf_data import write_prompt_dataset
+
+    try:
+        report = write_prompt_dataset(args.src, args.out, args.system_prompt, args.on_error)
+    except (SampleError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     _print_skipped(report.errors)

@@ -8,26 +8,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-import yaml
-
-from awares_rl.core.config_io import ConfigError, apply_overrides, build
-from reward.config import RewardConfig
-
-
-def load_reward_config(recipe: str | None, overrides: list[str]) -> RewardConfig:
-    """The recipe's ``reward`` section (if any) with ``reward.key=value`` (or ``key=value``)
-    overrides applied; raises ConfigError naming the key."""
-    data: dict = {}
-    if recipe:
-        path = Path(recipe)
-        if not path.is_file():
-            raise ConfigError(f"recipe {path} not found; recipes live in recipes/*.yaml")
-        data = (yaml.safe_load(path.read_text()) or {}).get("reward") or {}
-    prefixed = [o if o.startswith("reward.") else f"reward.{o}" for o in overrides]
-    section = apply_overrides({"reward": dict(data)}, prefixed)["reward"]
-    return build(RewardConfig, section, prefix="reward.")
+from reward.config import load_reward_config
 
 
 def run_serve_reward(args: argparse.Namespace) -> int:

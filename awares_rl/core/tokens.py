@@ -45,12 +45,18 @@ def first_turn_ids(tokenizer, question: str, system_prompt: str | None = None) -
     return _ids(tokenizer, text)
 
 
-def crops_turn_ids(tokenizer, crop_ids: Sequence[int]) -> list[int]:
-    """S2: the newline closing turn 1, the crops user turn and the assistant header."""
+def crops_turn_text(tokenizer, crop_ids: Sequence[int]) -> str:
+    """S2 as text (compact image tokens): the newline closing turn 1, the crops user turn and the
+    assistant header."""
     text = tokenizer.apply_chat_template(
         [crops_user_message(crop_ids)], add_generation_prompt=True, tokenize=False
     )
-    return _ids(tokenizer, "\n" + text)
+    return "\n" + text
+
+
+def crops_turn_ids(tokenizer, crop_ids: Sequence[int]) -> list[int]:
+    """S2: ``crops_turn_text`` as ids."""
+    return _ids(tokenizer, crops_turn_text(tokenizer, crop_ids))
 
 
 def assistant_ids(tokenizer, text: str) -> list[int]:

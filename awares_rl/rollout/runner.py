@@ -28,6 +28,15 @@ class EpisodeSettings:
     max_image_pixels: int = DEFAULT_MAX_PIXELS  # data.max_image_pixels: larger images are refused
 
 
+def parse_first_turn(text: str, max_crops: int = 9) -> list[int] | None:
+    """Turn 1's crop ids (None: a direct answer); ToolCallError for a malformed call or one
+    naming more than ``max_crops`` crops ("too-many")."""
+    crops = parse_tool_call(text)
+    if crops is not None and len(crops) > max_crops:
+        raise ToolCallError("too-many", text, f"{len(crops)} crops > max_crops={max_crops}")
+    return crops
+
+
 def _decode(tokenizer, ids: list[int]) -> str:
     return tokenizer.decode(ids, skip_special_tokens=True).strip()
 
@@ -125,9 +134,7 @@ class EpisodeRunner:
             self._finish(ep, low, None)
             return None
         try:
-            crops = parse_tool_call(text)
-            if crops is not None and len(crops) > self.settings.max_crops:
-                raise ToolCallError("too-many", text, f"{len(crops)} crops > max_crops={self.settings.max_crops}")
+            crops = parse_first_turn(text, self.settings.max_crops)
         except ToolCallError as e:
             ep.invalid_tool_call = e.reason
             self._finish(ep, low, None)
