@@ -2,6 +2,7 @@
 
 - ``low``: one turn on the low-res view, the plain VQA prompt the base model was trained with
   (``data_pipeline.grounding.vqa_prompt_ids``: no tool prompt), RTR = low / full pixels (0.25).
+  Every mode asks the question with its benchmark's answer prompt (``awares_rl.core.prompts``).
 - ``full``: one turn on the whole image, same prompt, RTR = 1.
 - ``policy``: the AwaRes episode (``EpisodeRunner``, greedy): low-res view, optional GET_CROPS,
   answer; the paper's RTR per episode.
@@ -30,6 +31,7 @@ from rich.table import Table
 from awares_rl.core.crops import low_res_view, retained_token_ratio
 from awares_rl.core.engine import GenRequest
 from awares_rl.core.images import ImageError, load_image
+from awares_rl.core.prompts import sample_question
 from awares_rl.core.sample import Sample, SampleError, iter_jsonl
 from awares_rl.core.tokens import IMAGE_TOKEN, image_token_counts
 from awares_rl.core.trajectory import Trajectory
@@ -102,7 +104,8 @@ def read_items(path: str | Path) -> list[EvalItem]:
             raise SampleError(where, "<line>", f"invalid JSON ({e.msg} at column {e.colno})") from e
         if isinstance(obj, dict) and "turns" in obj:
             t = Trajectory.from_json(obj, where)
-            s = Sample(t.id, t.image, t.question, t.answers, metric=t.metric, needs_high_res=t.needs_high_res)
+            s = Sample(t.id, t.image, t.question, t.answers, metric=t.metric, needs_high_res=t.needs_high_res,
+                       meta={"source": t.benchmark} if t.benchmark else {})
             items.append(EvalItem(s, t.needs_crop, list(t.crop_ids)))
         else:
             items.append(EvalItem(Sample.from_json(obj, where)))
@@ -138,7 +141,7 @@ def _single_turn(engine, processor, items: list[EvalItem], images: list[Image.Im
                  sampling: SamplingConfig, scale: float) -> list[Prediction]:
     tok = processor.tokenizer
     views = [low_res_view(im, scale) if mode == "low" else im for im in images]
-    reqs = [GenRequest(vqa_prompt_ids(tok, it.sample.question), [v]) for it, v in zip(items, views)]
+    reqs = [GenRequest(vqa_prompt_ids(tok, sample_question(it.sample)), [v]) for it, v in zip(items, views)]
     t0 = time.perf_counter()
     outs = engine.generate(reqs, sampling)
     per_sample = (time.perf_counter() - t0) / len(items)

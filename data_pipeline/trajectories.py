@@ -2,7 +2,8 @@
 
 1. The base model answers every sample greedily at LOW res (the 0.5 view) and at FULL res (the
    original image), as the plain VQA model it was pretrained as: no tool prompt, the exact prompt
-   format of ``awares_rl.pretrain`` (``grounding.vqa_prompt_ids``).
+   format of ``awares_rl.pretrain`` (``grounding.vqa_prompt_ids``), the question with its
+   benchmark's answer prompt (``awares_rl.core.prompts``) as the policy will be asked it.
 2. A judge (``reward.judges``, chosen by the sample's metric) scores both answers against the
    ground truth; a crop is needed iff the low-res answer is wrong and the full-res one right at
    ``reward.correct_threshold`` (``reward.judges.is_correct``).
@@ -44,6 +45,7 @@ from tqdm import tqdm
 
 from awares_rl.core.crops import LOW_RES_SCALE, boxes_to_crops, low_res_view
 from awares_rl.core.images import DEFAULT_MAX_PIXELS
+from awares_rl.core.prompts import benchmark_of, sample_question
 from awares_rl.core.protocol import format_tool_call
 from awares_rl.core.sample import Sample, iter_jsonl
 from awares_rl.core.trajectory import Box, Trajectory, TrajectoryError, read_trajectories
@@ -206,7 +208,7 @@ class TrajectoryBuilder:
                 ok.append((s, load_image(root / s.image, max_pixels)))
             except ImageError as e:
                 results[s.id] = Skipped(s.id, f"image: {e}")
-        questions = [s.question for s, _ in ok]
+        questions = [sample_question(s) for s, _ in ok]
         low = self.answers([low_res_view(im, self.low_res_scale) for _, im in ok], questions)
         full = self.answers([im for _, im in ok], questions)
         refs, metrics = [list(s.answers) for s, _ in ok], [s.metric for s, _ in ok]
@@ -228,7 +230,7 @@ class TrajectoryBuilder:
             results[s.id] = Trajectory(
                 s.id, image, s.question, tuple(s.answers), s.metric, split, bool(crops), tuple(crops),
                 turns, low[k], full[k], lows[k], fulls[k], s.needs_high_res,
-                tuple(tuple(map(float, b)) for b in boxes), source,
+                tuple(tuple(map(float, b)) for b in boxes), source, benchmark_of(s),
             )
         return [results[s.id] for s in samples]
 

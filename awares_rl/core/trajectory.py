@@ -7,7 +7,8 @@ read them). Fields, one JSON object a line::
     {"id", "image" (path relative to the file's folder), "question", "answers": [...], "metric",
      "split", "needs_crop": bool, "crop_ids": [int, ...], "turns": [str, ...], "low_res_answer",
      "full_res_answer", "low_res_score", "full_res_score", "needs_high_res" (or null),
-     "evidence_boxes": [[x1, y1, x2, y2], ...], "box_source": "dataset" | "vlm" | null}
+     "evidence_boxes": [[x1, y1, x2, y2], ...], "box_source": "dataset" | "vlm" | null,
+     "benchmark": the sample's ``meta.source`` or null (it picks the answer prompt: core.prompts)}
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from awares_rl.core.prompts import asked_question
 from awares_rl.core.protocol import ToolCallError, format_tool_call, parse_tool_call
 from awares_rl.core.sample import iter_jsonl
 
@@ -63,6 +65,7 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "needs_high_res": (lambda v: v is None or isinstance(v, bool), "true, false or null"),
     "evidence_boxes": (lambda v: isinstance(v, list) and all(map(_is_box, v)), "a list of [x1, y1, x2, y2]"),
     "box_source": (lambda v: v is None or v in ("dataset", "vlm"), '"dataset", "vlm" or null'),
+    "benchmark": (lambda v: v is None or (_is_str(v) and bool(v)), "a non-empty string or null"),
 }
 
 
@@ -86,6 +89,12 @@ class Trajectory:
     needs_high_res: bool | None
     evidence_boxes: tuple[Box, ...] = ()
     box_source: str | None = None
+    benchmark: str | None = None  # the sample's meta.source: which answer prompt it is asked with
+
+    @property
+    def asked_question(self) -> str:
+        """The question as the policy is asked it (``core.prompts.asked_question``)."""
+        return asked_question(self.question, self.benchmark, self.metric)
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -105,7 +114,7 @@ class Trajectory:
         unknown = sorted(set(obj) - set(_CHECKS))
         if unknown:
             raise TrajectoryError(where, unknown[0], f"unknown field (known: {', '.join(_CHECKS)})")
-        obj = {"evidence_boxes": [], "box_source": None, **obj}
+        obj = {"evidence_boxes": [], "box_source": None, "benchmark": None, **obj}
         for key, (ok, what) in _CHECKS.items():
             if key not in obj:
                 raise TrajectoryError(where, key, "is missing")
