@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from awares_rl.core.prompts import asked_question
 from awares_rl.core.protocol import ToolCallError, format_tool_call, parse_tool_call
-from awares_rl.core.sample import iter_jsonl
+from awares_rl.core.sample import Sample, iter_jsonl
 
 Box = tuple[float, float, float, float]  # (x1, y1, x2, y2), pixels of the original image
 
@@ -157,3 +157,17 @@ def read_trajectories(path: str | Path) -> list[Trajectory]:
         seen.add(t.id)
         out.append(t)
     return out
+
+
+def label_needs_high_res(samples: Sequence[Sample], trajectories: Sequence[Trajectory]) -> tuple[list[Sample], int]:
+    """Samples whose ``needs_high_res`` is unknown (None) take their trajectory's ``needs_crop``
+    (the paper's label: wrong at low res, right at full res), so that GRPO charges alpha_miss on
+    converted datasets too; a sample's own label is kept. Returns the samples, in order, and how
+    many took a label."""
+    labels = {t.id: t.needs_crop for t in trajectories}
+    out, n = [], 0
+    for s in samples:
+        if s.needs_high_res is None and s.id in labels:
+            s, n = replace(s, needs_high_res=labels[s.id]), n + 1
+        out.append(s)
+    return out, n
