@@ -8,7 +8,8 @@ read them). Fields, one JSON object a line::
      "split", "needs_crop": bool, "crop_ids": [int, ...], "turns": [str, ...], "low_res_answer",
      "full_res_answer", "low_res_score", "full_res_score", "needs_high_res" (or null),
      "evidence_boxes": [[x1, y1, x2, y2], ...], "box_source": "dataset" | "vlm" | null,
-     "benchmark": the sample's ``meta.source`` or null (it picks the answer prompt: core.prompts)}
+     "benchmark": the sample's ``meta.source`` or null (it picks the answer prompt: core.prompts),
+     "low_res_truncated", "full_res_truncated": bool (that answer hit trajectories.max_new_tokens)}
 """
 
 from __future__ import annotations
@@ -66,7 +67,11 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "evidence_boxes": (lambda v: isinstance(v, list) and all(map(_is_box, v)), "a list of [x1, y1, x2, y2]"),
     "box_source": (lambda v: v is None or v in ("dataset", "vlm"), '"dataset", "vlm" or null'),
     "benchmark": (lambda v: v is None or (_is_str(v) and bool(v)), "a non-empty string or null"),
+    "low_res_truncated": (lambda v: isinstance(v, bool), "true or false"),
+    "full_res_truncated": (lambda v: isinstance(v, bool), "true or false"),
 }
+_DEFAULTS = {"evidence_boxes": [], "box_source": None, "benchmark": None, "low_res_truncated": False,
+             "full_res_truncated": False}
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,8 @@ class Trajectory:
     evidence_boxes: tuple[Box, ...] = ()
     box_source: str | None = None
     benchmark: str | None = None  # the sample's meta.source: which answer prompt it is asked with
+    low_res_truncated: bool = False  # the low-res answer hit the token limit (judged as it stands)
+    full_res_truncated: bool = False
 
     @property
     def asked_question(self) -> str:
@@ -114,7 +121,7 @@ class Trajectory:
         unknown = sorted(set(obj) - set(_CHECKS))
         if unknown:
             raise TrajectoryError(where, unknown[0], f"unknown field (known: {', '.join(_CHECKS)})")
-        obj = {"evidence_boxes": [], "box_source": None, "benchmark": None, **obj}
+        obj = {**_DEFAULTS, **obj}
         for key, (ok, what) in _CHECKS.items():
             if key not in obj:
                 raise TrajectoryError(where, key, "is missing")
