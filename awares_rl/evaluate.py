@@ -301,7 +301,7 @@ def evaluate(cfg: RecipeConfig, checkpoint: str | Path, data: str | Path,
         raise ValueError(f"{data} has no samples")
     if trajectories:
         attach_labels(items, trajectories)
-    processor = load_processor(checkpoint)
+    processor = load_processor(checkpoint, cfg.model)
     owned = engine is None
     engine = engine or make_engine(cfg.rollout, cfg.model, checkpoint, seed=cfg.run.seed)
     summary, samples = {}, {}

@@ -351,7 +351,7 @@ def make_builder(model_dir: str | Path, rollout, model, cfg: TrajectoryConfig, r
     if cfg.grounder != "dataset":
         gdir = cfg.grounder_model or model_dir
         gengine = engine if cfg.grounder_model is None else make_engine(rollout, model, gdir, seed=seed)
-        processor = load_processor(gdir)
+        processor = load_processor(gdir, model)
         grounder = VLMGrounder(gengine, processor.tokenizer, cfg.box_coords, processor.image_processor,
                                cfg.grounding_prompt, cfg.grounder_max_new_tokens)
     threshold = reward_cfg.correct_threshold if reward_cfg is not None else CORRECT_THRESHOLD

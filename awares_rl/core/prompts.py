@@ -44,11 +44,11 @@ def asked_question(question: str, benchmark: str | None = None, metric: str | No
 
 
 def benchmark_of(sample: Sample) -> str | None:
-    """The benchmark a sample comes from (``meta.source``), None when unknown."""
-    source = sample.meta.get("source")
+    """The benchmark a sample comes from (``meta.source``), None when unknown (or no meta)."""
+    source = (getattr(sample, "meta", None) or {}).get("source")
     return source if isinstance(source, str) else None
 
 
 def sample_question(sample: Sample) -> str:
-    """``asked_question`` of a Sample."""
-    return asked_question(sample.question, benchmark_of(sample), sample.metric)
+    """``asked_question`` of a Sample (or any record with ``question``, ``metric``, ``meta``)."""
+    return asked_question(sample.question, benchmark_of(sample), getattr(sample, "metric", None))
