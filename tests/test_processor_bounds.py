@@ -84,3 +84,26 @@ def test_both_engines_get_the_bounds(family_dir, monkeypatch):
 def test_bad_bounds_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         load_recipe(REPO / "recipes/tiny_cpu.yaml", override)
+
+
+@pytest.mark.slow  # starts vLLM (about 100 s on 2 loaded cores)
+def test_vllm_resizes_within_the_bounds(tiny_dir):
+    """vLLM (CPU here) expands an image to the bounded processor's count, not the checkpoint's."""
+    from awares_rl.core.engine import GenRequest, SamplingConfig
+    from awares_rl.core.tokens import IMAGE_TOKEN, first_turn_ids
+    from awares_rl.models import processor_size
+    from awares_rl.models.config import ModelConfig
+    from awares_rl.rollout.vllm_engine import VLLMEngine
+
+    model = ModelConfig(min_visual_tokens=16, max_visual_tokens=64)
+    big = Image.new("RGB", (1200, 900), "white")
+    own, bounded = load_processor(tiny_dir), load_processor(tiny_dir, model)
+    expected = image_token_counts(bounded.image_processor, [big])[0]
+    assert expected <= 64 < image_token_counts(own.image_processor, [big])[0]
+    engine = VLLMEngine(str(tiny_dir), max_model_len=2048, image_size=processor_size(tiny_dir, model))
+    try:
+        tok = engine.tokenizer
+        (out,) = engine.generate([GenRequest(first_turn_ids(tok, "What?"), [big])], SamplingConfig(0.0, 1.0, 2))
+        assert out.prompt_ids.count(tok.convert_tokens_to_ids(IMAGE_TOKEN)) == expected
+    finally:
+        engine.close()
