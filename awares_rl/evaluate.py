@@ -2,14 +2,16 @@
 
 - ``low``: one turn on the low-res view, the plain VQA prompt the base model was trained with
   (``data_pipeline.grounding.vqa_prompt_ids``: no tool prompt), RTR = low / full pixels (0.25).
+  Every mode asks the question with its benchmark's answer prompt (``awares_rl.core.prompts``).
 - ``full``: one turn on the whole image, same prompt, RTR = 1.
 - ``policy``: the AwaRes episode (``EpisodeRunner``, greedy): low-res view, optional GET_CROPS,
   answer; the paper's RTR per episode.
 
 Per mode: accuracy (judge score >= ``reward.correct_threshold``; the judge is the sample's benchmark
 metric's, ``reward.judge`` when it has none: ``reward.judges.route_judge``) overall and by
-metric, mean judge score, paper RTR, the exact visual tokens the processor produced and their
-ratio to the full-res image's, seconds per sample (engine wall time / batch size), and for the
+metric, mean judge score, how many answers ``eval.max_new_tokens`` cut off (``truncated``: a cut
+single-turn answer is scored as it stands, a cut policy episode has no answer and scores 0), paper
+RTR, the exact visual tokens the processor produced and their ratio to the full-res image's, seconds per sample (engine wall time / batch size), and for the
 policy the crop rate, tool-call validity and, given trajectory labels (``needs_crop``), the
 crop-decision accuracy and the Jaccard overlap of the crops taken with the labelled ones.
 """
@@ -30,6 +32,7 @@ from rich.table import Table
 from awares_rl.core.crops import low_res_view, retained_token_ratio
 from awares_rl.core.engine import GenRequest
 from awares_rl.core.images import ImageError, load_image
+from awares_rl.core.prompts import sample_question
 from awares_rl.core.sample import Sample, SampleError, iter_jsonl
 from awares_rl.core.tokens import IMAGE_TOKEN, image_token_counts
 from awares_rl.core.trajectory import Trajectory
@@ -84,6 +87,7 @@ class Prediction:
     score: float = 0.0
     correct: bool = False
     error: str | None = None  # why the sample could not be asked (its image): flagged, scored 0
+    truncated: bool = False  # a turn hit eval.max_new_tokens (scored as it stands: counted, not dropped)
 
 
 def flagged(sample_id: str, reason: str) -> Prediction:
@@ -102,7 +106,8 @@ def read_items(path: str | Path) -> list[EvalItem]:
             raise SampleError(where, "<line>", f"invalid JSON ({e.msg} at column {e.colno})") from e
         if isinstance(obj, dict) and "turns" in obj:
             t = Trajectory.from_json(obj, where)
-            s = Sample(t.id, t.image, t.question, t.answers, metric=t.metric, needs_high_res=t.needs_high_res)
+            s = Sample(t.id, t.image, t.question, t.answers, metric=t.metric, needs_high_res=t.needs_high_res,
+                       meta={"source": t.benchmark} if t.benchmark else {})
             items.append(EvalItem(s, t.needs_crop, list(t.crop_ids)))
         else:
             items.append(EvalItem(Sample.from_json(obj, where)))
@@ -138,7 +143,7 @@ def _single_turn(engine, processor, items: list[EvalItem], images: list[Image.Im
                  sampling: SamplingConfig, scale: float) -> list[Prediction]:
     tok = processor.tokenizer
     views = [low_res_view(im, scale) if mode == "low" else im for im in images]
-    reqs = [GenRequest(vqa_prompt_ids(tok, it.sample.question), [v]) for it, v in zip(items, views)]
+    reqs = [GenRequest(vqa_prompt_ids(tok, sample_question(it.sample)), [v]) for it, v in zip(items, views)]
     t0 = time.perf_counter()
     outs = engine.generate(reqs, sampling)
     per_sample = (time.perf_counter() - t0) / len(items)
@@ -147,7 +152,8 @@ def _single_turn(engine, processor, items: list[EvalItem], images: list[Image.Im
     return [
         Prediction(it.sample.id, tok.decode(o.token_ids, skip_special_tokens=True).strip(),
                    o.prompt_ids.count(image_id), n_full,
-                   retained_token_ratio(im.width, im.height, [], v.size) if mode == "low" else 1.0, per_sample)
+                   retained_token_ratio(im.width, im.height, [], v.size) if mode == "low" else 1.0, per_sample,
+                   truncated=o.finish_reason == "length")
         for it, im, v, o, n_full in zip(items, images, views, outs, full)
     ]
 
@@ -163,7 +169,7 @@ def _policy(engine, processor, items: list[EvalItem], images: list[Image.Image],
     for ep, n_full in zip(episodes, full):
         call = f"invalid:{ep.invalid_tool_call}" if ep.invalid_tool_call else "valid" if ep.crop_ids else "none"
         preds.append(Prediction(ep.sample_id, ep.final_answer, ep.visual_tokens, n_full, ep.rtr, per_sample,
-                                list(ep.crop_ids), call))
+                                list(ep.crop_ids), call, truncated=ep.truncated))
     return preds
 
 
@@ -228,6 +234,8 @@ def summarize(preds: list[Prediction], items: list[EvalItem], mode: str = "polic
     out = {
         "n": len(preds),
         "flagged": len(preds) - len(asked),
+        "truncated": sum(p.truncated for p in asked),
+        "truncated_share": _mean([float(p.truncated) for p in asked]),
         "accuracy": 100 * _mean([float(p.correct) for p in preds]),
         "score": _mean([p.score for p in preds]),
         "by_metric": {m: {"accuracy": 100 * _mean([float(c) for c in v]), "n": len(v)} for m, v in sorted(by_metric.items())},
@@ -255,7 +263,8 @@ def crop_jaccard(policy: set[int], label: set[int]) -> float:
 
 
 ROWS = (  # (label, summary key, format)
-    ("samples", "n", "d"), ("flagged (unreadable image)", "flagged", "d"), ("accuracy %", "accuracy", ".1f"), ("judge score", "score", ".3f"),
+    ("samples", "n", "d"), ("flagged (unreadable image)", "flagged", "d"),
+    ("truncated (eval.max_new_tokens)", "truncated", "d"), ("accuracy %", "accuracy", ".1f"), ("judge score", "score", ".3f"),
     ("RTR (paper)", "rtr", ".3f"), ("visual tokens", "visual_tokens", ".1f"),
     ("visual tokens / full", "visual_token_ratio", ".3f"), ("seconds / sample", "seconds_per_sample", ".3f"),
     ("crop rate %", "crop_rate", ".1f"), ("valid tool calls %", "tool_call_validity", ".1f"),
@@ -292,7 +301,7 @@ def evaluate(cfg: RecipeConfig, checkpoint: str | Path, data: str | Path,
         raise ValueError(f"{data} has no samples")
     if trajectories:
         attach_labels(items, trajectories)
-    processor = load_processor(checkpoint)
+    processor = load_processor(checkpoint, cfg.model)
     owned = engine is None
     engine = engine or make_engine(cfg.rollout, cfg.model, checkpoint, seed=cfg.run.seed)
     summary, samples = {}, {}

@@ -34,6 +34,8 @@ from awares_rl.checkpoint import (
 from awares_rl.core.config_io import require
 from awares_rl.core.episode import Episode
 from awares_rl.core.run_paths import RunPaths
+from awares_rl.core.sample import Sample
+from awares_rl.core.trajectory import label_needs_high_res, read_trajectories
 from awares_rl.learner.batch import TokenSequence, episode_to_sequence
 from awares_rl.learner.config import check_training
 from awares_rl.learner.ppo import PPOClip, pool_steps
@@ -164,16 +166,35 @@ def start_local_ray(cpus_needed: float) -> None:
             "lower rollout/learner/reward cpus_per_worker or num_workers, or start Ray with more CPUs")
 
 
+def train_samples(train_file: Path, crop_labels: Path) -> list[Sample]:
+    """GRPO's samples: ``train_file``'s, each unknown ``needs_high_res`` taken from the trajectory
+    labels in ``crop_labels`` when that file exists (``label_needs_high_res``); the samples that
+    stay unknown are logged: alpha_miss is never charged on them."""
+    samples = read_samples(train_file)[0]
+    if crop_labels.is_file():
+        samples, n = label_needs_high_res(samples, read_trajectories(crop_labels))
+        log.info("needs_high_res of %d samples from the trajectory labels in %s", n, crop_labels)
+    unknown = sum(s.needs_high_res is None for s in samples)
+    if unknown:
+        log.warning("%d of %d GRPO samples have no needs_high_res (none in %s, no trajectory label in %s): "
+                    "reward.alpha_miss is never charged on them; build the train trajectories first",
+                    unknown, len(samples), train_file, crop_labels)
+    return samples
+
+
 class GRPOTrainer:
     """Multi-turn GRPO of one recipe; ``fit()`` trains (resuming if it can), returns the model dir."""
 
-    def __init__(self, cfg: RecipeConfig, start_model: Path | None = None) -> None:
+    def __init__(self, cfg: RecipeConfig, start_model: Path | None = None, crop_labels: Path | None = None) -> None:
+        """``crop_labels``: the trajectory JSONL whose ``needs_crop`` fills the samples' unknown
+        ``needs_high_res`` (default: the run's train trajectories, when there are any)."""
         self.cfg, self.paths = cfg, RunPaths(cfg.run.dir)
         self.ckpt_root = self.paths.checkpoints("grpo")
         self.out_dir = self.paths.logs("grpo")
         self.start_model = start_model or self.paths.model("sft")
         train_file = ensure_data(cfg, "train")
-        self.samples, self.root = read_samples(train_file)[0], train_file.parent
+        self.root = train_file.parent
+        self.samples = train_samples(train_file, crop_labels or self.paths.trajectories("train"))
         g, per_step = cfg.grpo, cfg.grpo.prompts_per_step * cfg.rollout.group_size
         if per_step < g.mini_batches * cfg.learner.num_workers:
             raise ValueError(

@@ -116,7 +116,7 @@ class SFTTrainer:
         self.val = val[: cfg.sft.val_samples or None]
         self.val_root = val_file.parent if val_file else None
         self.model_dir = base_model(cfg)
-        self.processor = load_processor(self.model_dir)
+        self.processor = load_processor(self.model_dir, cfg.model)
         workers = cfg.learner.num_workers
         if min(len(self.train), cfg.sft.batch_size) < workers or 0 < len(self.val) < workers:
             raise ConfigError(f"learner.num_workers={workers} needs at least that many trajectories per "

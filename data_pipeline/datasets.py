@@ -212,6 +212,9 @@ def _iter_json(src: Path) -> Iterator[tuple[str, dict]]:
     try:
         data = json.loads(src.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
+        if e.msg == "Extra data" and e.lineno > 1:  # JSON lines named .json (POPE's coco_pope_*.json)
+            yield from _iter_jsonl_records(src)
+            return
         raise ConvertError(f"{src}:{e.lineno}", f"invalid JSON ({e.msg})") from e
     except UnicodeDecodeError as e:
         raise ConvertError(str(src), f"byte {e.start} is not UTF-8; re-save the file as UTF-8") from e

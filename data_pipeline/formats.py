@@ -13,8 +13,15 @@ Native layouts understood (images resolved relative to the annotation file):
     with images ``train_images/<image_id>.jpg``
   - V*:      ``test_questions.jsonl`` lines ``{"image", "text", "label", "question_id",
     "category"}``; a per-image ``<stem>.json`` with ``"bbox": [[x, y, w, h], ...]`` adds boxes.
+  - OCRBench: ``OCRBench.json`` ``[{"dataset_name", "image_path", "question", "answers", "type"}]``
+    with images in ``OCRBench_Images/``.
+  - POPE:    ``coco_pope_*.json`` lines ``{"question_id", "image", "text", "label": "yes"|"no"}``
+    with the COCO images in ``val2014/``.
 HF / parquet columns (lmms-lab layouts): the same names, with ``image`` an Image column;
-ChartQA uses ``question`` / ``answer``.
+ChartQA uses ``question`` / ``answer``; OCRBench (``echo840/OCRBench``) ``dataset``, ``question``,
+``question_type``, ``answer`` (a list); POPE (``lmms-lab/POPE``) ``question_id``, ``question``,
+``answer``, ``category``, ``image_source``; RealWorldQA (``xai-org/RealworldQA``) ``question``,
+``answer`` (an option letter or a short answer; no id: the record's index).
 """
 
 from __future__ import annotations
@@ -24,7 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-METRIC = {"docvqa": "anls", "infovqa": "anls", "chartqa": "relaxed", "textvqa": "vqa", "vstar": "exact"}
+METRIC = {"docvqa": "anls", "infovqa": "anls", "chartqa": "relaxed", "textvqa": "vqa", "vstar": "exact",
+          "ocrbench": "ocrbench", "pope": "exact", "realworldqa": "exact"}
 # Folders (relative to the annotation file) searched for an image named by a native record.
 IMAGE_DIRS = {
     "docvqa": ("", "documents", "images"),
@@ -32,6 +40,9 @@ IMAGE_DIRS = {
     "chartqa": ("", "png", "images"),
     "textvqa": ("", "train_images", "test_images", "images"),
     "vstar": ("", "images"),
+    "ocrbench": ("", "OCRBench_Images", "images"),
+    "pope": ("", "val2014", "images"),
+    "realworldqa": ("", "images"),
 }
 
 
@@ -150,10 +161,66 @@ def to_vstar(record: dict, index: int) -> RawSample:
     )
 
 
+def _str_meta(record: dict, **names: tuple[str, ...]) -> dict[str, str]:
+    """``{key: the first of its names that holds a string}`` for each key that has one."""
+    out = {}
+    for key, options in names.items():
+        value = next((record[n] for n in options if isinstance(record.get(n), str)), None)
+        if value is not None:
+            out[key] = value
+    return out
+
+
+def to_ocrbench(record: dict, index: int) -> RawSample:
+    """OCRBench: a list of accepted answers, judged by containment (the ``ocrbench`` metric)."""
+    return RawSample(
+        id=_qid(record, "ocrbench", index, "id", "question_id"),
+        question=text_field(record, "question"),
+        answers=answers_field(record, "answer", "answers"),
+        image=pick(record, "image", "image_path"),
+        meta=_str_meta(record, dataset=("dataset", "dataset_name"), question_type=("question_type", "type")),
+    )
+
+
+def to_pope(record: dict, index: int) -> RawSample:
+    """POPE: "Is there a <object> in the image?", answered yes or no (exact match)."""
+    answer = text_field(record, "answer", "label").strip().lower()
+    if answer not in ("yes", "no"):
+        raise RecordError("answer", f"must be yes or no (POPE), got {answer!r}")
+    return RawSample(
+        id=_qid(record, "pope", index, "question_id", "id"),
+        question=text_field(record, "question", "text"),
+        answers=[answer],
+        image=pick(record, "image", "image_path"),
+        meta=_str_meta(record, category=("category",), image_source=("image_source",)),
+    )
+
+
+_LETTER_OPTION = re.compile(r"^([A-Z])\.\s+(.+?)\s*$", re.MULTILINE)
+
+
+def to_realworldqa(record: dict, index: int) -> RawSample:
+    """RealWorldQA: an option letter ("A. left" lines in the question) or a short answer; a
+    letter's option text is accepted too, as lmms-eval's multiple-choice filter maps it back."""
+    question = text_field(record, "question")
+    answer = text_field(record, "answer").strip()
+    options = dict(_LETTER_OPTION.findall(question))
+    extra = [options[answer]] if answer in options and options[answer] != answer else []
+    return RawSample(
+        id=_qid(record, "realworldqa", index, "id", "question_id"),
+        question=question,
+        answers=[answer, *extra],
+        image=pick(record, "image", "image_path"),
+    )
+
+
 CONVERTERS: dict[str, Callable[[dict, int], RawSample]] = {
     "docvqa": to_docvqa,
     "infovqa": to_infovqa,
     "chartqa": to_chartqa,
     "textvqa": to_textvqa,
     "vstar": to_vstar,
+    "ocrbench": to_ocrbench,
+    "pope": to_pope,
+    "realworldqa": to_realworldqa,
 }

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from awares_rl.core.prompts import sample_question
 from awares_rl.core.protocol import first_turn_messages
 from awares_rl.core.sample import Sample, SampleError
 from data_pipeline.datasets import ConvertReport, read_samples
@@ -31,8 +32,8 @@ def _as_string(content: list[dict], where: str) -> str:
 
 def prompt_record(sample: Sample, jsonl_path: str | Path, system_prompt: str | None = None) -> dict:
     """The OpenRLHF prompt row of ``sample`` (listed in ``jsonl_path``)."""
-    msgs = first_turn_messages(sample.question) if system_prompt is None else (
-        first_turn_messages(sample.question, system_prompt))
+    question = sample_question(sample)  # with the benchmark's answer prompt, as our rollout asks it
+    msgs = first_turn_messages(question) if system_prompt is None else first_turn_messages(question, system_prompt)
     where = f"{jsonl_path}: sample {sample.id!r}"
     inputs = [{"role": m["role"], "content": _as_string(m["content"], where)} for m in msgs]
     return {"input": inputs, "label": agent_label(sample, jsonl_path)}

@@ -2,7 +2,8 @@
 
 1. The base model answers every sample greedily at LOW res (the 0.5 view) and at FULL res (the
    original image), as the plain VQA model it was pretrained as: no tool prompt, the exact prompt
-   format of ``awares_rl.pretrain`` (``grounding.vqa_prompt_ids``).
+   format of ``awares_rl.pretrain`` (``grounding.vqa_prompt_ids``), the question with its
+   benchmark's answer prompt (``awares_rl.core.prompts``) as the policy will be asked it.
 2. A judge (``reward.judges``, chosen by the sample's metric) scores both answers against the
    ground truth; a crop is needed iff the low-res answer is wrong and the full-res one right at
    ``reward.correct_threshold`` (``reward.judges.is_correct``).
@@ -21,7 +22,8 @@ Output, one JSON object a line (``Trajectory.to_json``)::
      "metric", "split", "needs_crop": bool, "crop_ids": [int, ...], "turns": [str, ...],
      "low_res_answer", "full_res_answer", "low_res_score", "full_res_score",
      "needs_high_res" (the generator's label, or null), "evidence_boxes": [[x1, y1, x2, y2], ...]
-     (pixels; the boxes behind crop_ids), "box_source": "dataset" | "vlm" | null}
+     (pixels; the boxes behind crop_ids), "box_source": "dataset" | "vlm" | null, "benchmark",
+     "low_res_truncated", "full_res_truncated"}
 
 Beside ``X.jsonl``: ``X.skipped.jsonl`` (``{"id", "reason"}``: unreadable image, or a needed crop
 with no evidence box; never trained on), ``X.manifest.json`` (the settings; a rerun with other
@@ -44,6 +46,7 @@ from tqdm import tqdm
 
 from awares_rl.core.crops import LOW_RES_SCALE, boxes_to_crops, low_res_view
 from awares_rl.core.images import DEFAULT_MAX_PIXELS
+from awares_rl.core.prompts import benchmark_of, sample_question
 from awares_rl.core.protocol import format_tool_call
 from awares_rl.core.sample import Sample, iter_jsonl
 from awares_rl.core.trajectory import Box, Trajectory, TrajectoryError, read_trajectories
@@ -157,14 +160,16 @@ class TrajectoryBuilder:
         self.low_res_scale, self.correct_threshold = low_res_scale, correct_threshold
         self.dataset_boxes, self.vlm = DatasetBoxes(), grounder
 
-    def answers(self, images: Sequence[Image.Image], questions: Sequence[str]) -> list[str]:
-        """Greedy plain-VQA answers, one batched engine call."""
+    def answers(self, images: Sequence[Image.Image], questions: Sequence[str]) -> tuple[list[str], list[bool]]:
+        """Greedy plain-VQA answers, one batched engine call, and whether each hit
+        ``max_new_tokens`` (it is judged as it stands, and counted in the stats)."""
         from awares_rl.core.engine import GenRequest, SamplingConfig
 
         reqs = [GenRequest(vqa_prompt_ids(self.tokenizer, q, self.cfg.vqa_system_prompt), [im])
                 for im, q in zip(images, questions, strict=True)]
         outs = self.engine.generate(reqs, SamplingConfig(0.0, 1.0, self.cfg.max_new_tokens))
-        return [self.tokenizer.decode(o.token_ids, skip_special_tokens=True).strip() for o in outs]
+        texts = [self.tokenizer.decode(o.token_ids, skip_special_tokens=True).strip() for o in outs]
+        return texts, [o.finish_reason == "length" for o in outs]
 
     def _grounder_for(self, sample: Sample) -> Grounder:
         if self.cfg.grounder == "dataset" or (self.cfg.grounder == "auto" and sample.evidence_boxes):
@@ -206,9 +211,9 @@ class TrajectoryBuilder:
                 ok.append((s, load_image(root / s.image, max_pixels)))
             except ImageError as e:
                 results[s.id] = Skipped(s.id, f"image: {e}")
-        questions = [s.question for s, _ in ok]
-        low = self.answers([low_res_view(im, self.low_res_scale) for _, im in ok], questions)
-        full = self.answers([im for _, im in ok], questions)
+        questions = [sample_question(s) for s, _ in ok]
+        low, low_cut = self.answers([low_res_view(im, self.low_res_scale) for _, im in ok], questions)
+        full, full_cut = self.answers([im for _, im in ok], questions)
         refs, metrics = [list(s.answers) for s, _ in ok], [s.metric for s, _ in ok]
         scores = self.judge_fn(low + full, refs + refs, metrics + metrics) if ok else []
         lows, fulls = scores[: len(ok)], scores[len(ok):]
@@ -228,7 +233,7 @@ class TrajectoryBuilder:
             results[s.id] = Trajectory(
                 s.id, image, s.question, tuple(s.answers), s.metric, split, bool(crops), tuple(crops),
                 turns, low[k], full[k], lows[k], fulls[k], s.needs_high_res,
-                tuple(tuple(map(float, b)) for b in boxes), source,
+                tuple(tuple(map(float, b)) for b in boxes), source, benchmark_of(s), low_cut[k], full_cut[k],
             )
         return [results[s.id] for s in samples]
 
@@ -346,7 +351,7 @@ def make_builder(model_dir: str | Path, rollout, model, cfg: TrajectoryConfig, r
     if cfg.grounder != "dataset":
         gdir = cfg.grounder_model or model_dir
         gengine = engine if cfg.grounder_model is None else make_engine(rollout, model, gdir, seed=seed)
-        processor = load_processor(gdir)
+        processor = load_processor(gdir, model)
         grounder = VLMGrounder(gengine, processor.tokenizer, cfg.box_coords, processor.image_processor,
                                cfg.grounding_prompt, cfg.grounder_max_new_tokens)
     threshold = reward_cfg.correct_threshold if reward_cfg is not None else CORRECT_THRESHOLD

@@ -1,5 +1,6 @@
 """The statistics report of a trajectory file: crop share by metric and split, crop ids, low-res
-and full-res accuracy, agreement with the generator's ``needs_high_res`` (``X.stats.json``)."""
+and full-res accuracy, truncated answers, agreement with the generator's ``needs_high_res``
+(``X.stats.json``)."""
 
 from __future__ import annotations
 
@@ -47,10 +48,19 @@ def trajectory_stats(trajs: Sequence[Trajectory], skipped: Sequence[dict], thres
             **{f"high_res_{a}_crop_{b}": confusion[f"high_res_{a}_crop_{b}"]
                for a in ("true", "false") for b in ("true", "false")},
         },
+        "truncated": truncated_stats(trajs),
         "skipped": len(skipped),
         "skipped_reasons": dict(Counter(r["reason"].split(":")[0] for r in skipped)),
         "correct_threshold": threshold,
     }
+
+
+def truncated_stats(trajs: Sequence[Trajectory]) -> dict[str, Any]:
+    """How many low-res / full-res answers hit ``trajectories.max_new_tokens`` (judged as they
+    stand: a cut answer usually scores 0, so its label may be wrong), and their share."""
+    low, full = sum(t.low_res_truncated for t in trajs), sum(t.full_res_truncated for t in trajs)
+    share = round((low + full) / (2 * len(trajs)), 4) if trajs else None
+    return {"low_res": low, "full_res": full, "share": share}
 
 
 def write_report(out: str | Path, threshold: float) -> dict[str, Any]:
@@ -75,6 +85,8 @@ def stats_table(stats: dict[str, Any]) -> Table:
         table.add_row(name, str(g["n"]), pct(g["needs_crop"]), pct(g["low_res_accuracy"]), pct(g["full_res_accuracy"]))
     hist = " ".join(f"{c}:{n}" for c, n in stats["crop_id_histogram"].items())
     agree = stats["needs_high_res_agreement"]
+    cut = stats["truncated"]
     table.caption = (f"crop ids {hist} | needs_high_res agreement {pct(agree['agreement'])} of "
-                     f"{agree['n_known']} | skipped {stats['skipped']}")
+                     f"{agree['n_known']} | truncated answers {cut['low_res']} low-res, {cut['full_res']} "
+                     f"full-res | skipped {stats['skipped']}")
     return table

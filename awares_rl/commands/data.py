@@ -1,4 +1,4 @@
-"""``awares-rl data ...`` subcommands: synth, convert, validate, openrlhf, trajectories.
+"""``awares-rl data ...`` subcommands: synth, convert, validate, split, openrlhf, trajectories.
 
 ``add_data_parsers(subparsers)`` registers them on the top-level argparse subparsers; each leaf
 parser sets ``func`` to a handler ``(args) -> int`` (the exit status).
@@ -16,7 +16,7 @@ from data_pipeline.formats import CONVERTERS
 
 
 def add_data_parsers(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add ``data synth``, ``data convert`` and ``data validate``; return the ``data`` parser."""
+    """Add ``data synth``, ``convert``, ``validate``, ``split`` and ``trajectories``; return the ``data`` parser."""
     data = subparsers.add_parser("data", help="generate, convert and validate datasets")
     sub = data.add_subparsers(dest="data_command", required=True)
 
@@ -57,8 +57,48 @@ def add_data_parsers(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     orl.add_argument("--on-error", default="fail", choices=("fail", "skip"))
     orl.set_defaults(func=run_openrlhf)
 
+    add_split_parser(sub)
     add_trajectories_parser(sub)
     return data
+
+
+def _numbers(cast):
+    def parse(text: str) -> list:
+        try:
+            return [cast(v) for v in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected 3 comma-separated numbers (train,val,test)") from None
+    return parse
+
+
+def add_split_parser(sub: argparse._SubParsersAction) -> None:
+    """``data split``: one converted JSONL -> train / val / test JSONLs (seeded; images stay put)."""
+    split = sub.add_parser("split", help="split one Sample JSONL into train/val/test JSONLs (seeded)")
+    split.add_argument("--src", required=True, help="Sample JSONL (e.g. made by data convert)")
+    split.add_argument("--out", default=None, help="output folder, at or above the images (default: the src's folder)")
+    sizes = split.add_mutually_exclusive_group(required=True)
+    sizes.add_argument("--fractions", type=_numbers(float), help="train,val,test fractions summing to 1, e.g. 0.8,0.1,0.1")
+    sizes.add_argument("--counts", type=_numbers(int), help="train,val,test sample counts, e.g. 800,100,100")
+    split.add_argument("--seed", type=int, default=0)
+    split.add_argument("--by", default="image", choices=("image", "sample"),
+                       help="keep an image's questions in one split (image) or split questions freely (sample)")
+    split.set_defaults(func=run_split)
+
+
+def run_split(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from awares_rl.core.sample import SampleError
+    from data_pipeline.split import split_file
+
+    out = Path(args.out) if args.out else Path(args.src).parent
+    try:
+        sizes = split_file(args.src, out, args.fractions, args.counts, args.seed, args.by)
+    except (SampleError, FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"{args.src} -> {out}: " + ", ".join(f"{k} {v}" for k, v in sizes.items()))
+    return 0
 
 
 def add_trajectories_parser(sub: argparse._SubParsersAction) -> None:

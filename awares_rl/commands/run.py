@@ -129,7 +129,7 @@ def results_table(rows: dict[str, dict]) -> Table:
     table = Table(title="AwaRes on the embedded default (test split)")
     cols = (("accuracy %", "accuracy", ".1f"), ("RTR", "rtr", ".3f"), ("visual tokens", "visual_tokens", ".1f"),
             ("crop rate %", "crop_rate", ".1f"), ("valid calls %", "tool_call_validity", ".1f"),
-            ("crop Jaccard", "crop_jaccard", ".3f"), ("grounding %", "grounding", ".1f"))
+            ("crop Jaccard", "crop_jaccard", ".3f"), ("grounding %", "grounding", ".1f"), ("truncated", "truncated", "d"))
     table.add_column("model")
     for col, _, _ in cols:
         table.add_column(col, justify="right")

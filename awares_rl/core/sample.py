@@ -4,7 +4,7 @@ One JSON object a line::
 
     {"id": str, "image": str (path relative to the JSONL file), "question": str,
      "answers": [str, ...], "evidence_boxes": [[x1, y1, x2, y2], ...] (pixels, optional),
-     "metric": "anls" | "relaxed" | "vqa" | "exact" | "semantic" (optional),
+     "metric": "anls" | "relaxed" | "vqa" | "exact" | "ocrbench" | "semantic" (optional),
      "needs_high_res": bool (optional), "meta": {...} (optional, free-form)}
 
 Reading is strict: each problem raises ``SampleError`` naming ``file:line`` and the field.
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-METRICS = ("anls", "relaxed", "vqa", "exact", "semantic")
+METRICS = ("anls", "relaxed", "vqa", "exact", "ocrbench", "semantic")
 _REQUIRED = ("id", "image", "question", "answers")
 _KNOWN = (*_REQUIRED, "evidence_boxes", "metric", "needs_high_res", "meta")
 

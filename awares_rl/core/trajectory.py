@@ -7,20 +7,23 @@ read them). Fields, one JSON object a line::
     {"id", "image" (path relative to the file's folder), "question", "answers": [...], "metric",
      "split", "needs_crop": bool, "crop_ids": [int, ...], "turns": [str, ...], "low_res_answer",
      "full_res_answer", "low_res_score", "full_res_score", "needs_high_res" (or null),
-     "evidence_boxes": [[x1, y1, x2, y2], ...], "box_source": "dataset" | "vlm" | null}
+     "evidence_boxes": [[x1, y1, x2, y2], ...], "box_source": "dataset" | "vlm" | null,
+     "benchmark": the sample's ``meta.source`` or null (it picks the answer prompt: core.prompts),
+     "low_res_truncated", "full_res_truncated": bool (that answer hit trajectories.max_new_tokens)}
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from awares_rl.core.prompts import asked_question
 from awares_rl.core.protocol import ToolCallError, format_tool_call, parse_tool_call
-from awares_rl.core.sample import iter_jsonl
+from awares_rl.core.sample import Sample, iter_jsonl
 
 Box = tuple[float, float, float, float]  # (x1, y1, x2, y2), pixels of the original image
 
@@ -63,7 +66,12 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "needs_high_res": (lambda v: v is None or isinstance(v, bool), "true, false or null"),
     "evidence_boxes": (lambda v: isinstance(v, list) and all(map(_is_box, v)), "a list of [x1, y1, x2, y2]"),
     "box_source": (lambda v: v is None or v in ("dataset", "vlm"), '"dataset", "vlm" or null'),
+    "benchmark": (lambda v: v is None or (_is_str(v) and bool(v)), "a non-empty string or null"),
+    "low_res_truncated": (lambda v: isinstance(v, bool), "true or false"),
+    "full_res_truncated": (lambda v: isinstance(v, bool), "true or false"),
 }
+_DEFAULTS = {"evidence_boxes": [], "box_source": None, "benchmark": None, "low_res_truncated": False,
+             "full_res_truncated": False}
 
 
 @dataclass(frozen=True)
@@ -86,6 +94,14 @@ class Trajectory:
     needs_high_res: bool | None
     evidence_boxes: tuple[Box, ...] = ()
     box_source: str | None = None
+    benchmark: str | None = None  # the sample's meta.source: which answer prompt it is asked with
+    low_res_truncated: bool = False  # the low-res answer hit the token limit (judged as it stands)
+    full_res_truncated: bool = False
+
+    @property
+    def asked_question(self) -> str:
+        """The question as the policy is asked it (``core.prompts.asked_question``)."""
+        return asked_question(self.question, self.benchmark, self.metric)
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -105,7 +121,7 @@ class Trajectory:
         unknown = sorted(set(obj) - set(_CHECKS))
         if unknown:
             raise TrajectoryError(where, unknown[0], f"unknown field (known: {', '.join(_CHECKS)})")
-        obj = {"evidence_boxes": [], "box_source": None, **obj}
+        obj = {**_DEFAULTS, **obj}
         for key, (ok, what) in _CHECKS.items():
             if key not in obj:
                 raise TrajectoryError(where, key, "is missing")
@@ -148,3 +164,17 @@ def read_trajectories(path: str | Path) -> list[Trajectory]:
         seen.add(t.id)
         out.append(t)
     return out
+
+
+def label_needs_high_res(samples: Sequence[Sample], trajectories: Sequence[Trajectory]) -> tuple[list[Sample], int]:
+    """Samples whose ``needs_high_res`` is unknown (None) take their trajectory's ``needs_crop``
+    (the paper's label: wrong at low res, right at full res), so that GRPO charges alpha_miss on
+    converted datasets too; a sample's own label is kept. Returns the samples, in order, and how
+    many took a label."""
+    labels = {t.id: t.needs_crop for t in trajectories}
+    out, n = [], 0
+    for s in samples:
+        if s.needs_high_res is None and s.id in labels:
+            s, n = replace(s, needs_high_res=labels[s.id]), n + 1
+        out.append(s)
+    return out, n

@@ -21,6 +21,7 @@ from PIL import Image
 from awares_rl.core.crops import LOW_RES_SCALE, cut_crops, low_res_view
 from awares_rl.core.episode import Episode
 from awares_rl.core.images import DEFAULT_MAX_PIXELS, load_image
+from awares_rl.core.prompts import asked_question
 from awares_rl.core.protocol import parse_tool_call
 from awares_rl.core.tokens import (
     IMAGE_TOKEN,
@@ -166,7 +167,8 @@ def trajectory_to_sequence(
     images = [low_res_view(image, low_res_scale)] + (cut_crops(image, crops) if crops else [])
     counts = image_token_counts(processor.image_processor, images)
     image_id = tok.convert_tokens_to_ids(IMAGE_TOKEN)
-    p1 = expand_image_tokens(first_turn_ids(tok, traj["question"], system_prompt), image_id, counts[:1])
+    question = asked_question(traj["question"], traj.get("benchmark"), traj.get("metric"))
+    p1 = expand_image_tokens(first_turn_ids(tok, question, system_prompt), image_id, counts[:1])
     a1 = assistant_ids(tok, turns[0])
     ids, weights = p1 + a1, [0.0] * len(p1) + [tool_turn_weight if crops else 1.0] * len(a1)
     if crops:

@@ -87,7 +87,7 @@ class LearnerWorker:
             torch.set_num_threads(max(1, int(learner.cpus_per_worker)))
         self.device = torch.device("cuda", 0) if on_gpu else torch.device("cpu")
         model = model or ModelConfig()
-        self.processor = load_processor(model_path)
+        self.processor = load_processor(model_path, model)
         policy = load_policy(model_path, model.dtype, model.attn_implementation).to(self.device)
         if learner.gradient_checkpointing:
             policy.gradient_checkpointing_enable()

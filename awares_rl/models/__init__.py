@@ -6,16 +6,30 @@ from pathlib import Path
 
 import torch
 
+from awares_rl.models.config import ModelConfig
 from awares_rl.models.family import ModelFamily, family_of, get_family
 
-__all__ = ["ModelFamily", "family_of", "get_family", "load_policy", "load_processor"]
+__all__ = ["ModelFamily", "family_of", "get_family", "load_policy", "load_processor", "processor_size"]
 
 
-def load_processor(path: str | Path):
-    """AutoProcessor from a local directory (no hub access)."""
+def processor_size(path: str | Path, model: ModelConfig | None = None) -> dict[str, int] | None:
+    """The image processor's ``size`` for the checkpoint at ``path`` under ``model``'s visual-token
+    bounds (its family's token_px, from config.json); None: the checkpoint's own."""
+    if model is None or model.min_visual_tokens is None:
+        return None
+    from transformers import AutoConfig
+
+    return model.pixel_bounds(family_of(AutoConfig.from_pretrained(str(path), local_files_only=True)).token_px)
+
+
+def load_processor(path: str | Path, model: ModelConfig | None = None):
+    """AutoProcessor from a local directory (no hub access), resizing images within ``model``'s
+    ``min_visual_tokens`` / ``max_visual_tokens`` when they are set (``processor_size``)."""
     from transformers import AutoProcessor
 
-    return AutoProcessor.from_pretrained(str(path), local_files_only=True)
+    size = processor_size(path, model)
+    kwargs = {"size": size} if size else {}
+    return AutoProcessor.from_pretrained(str(path), local_files_only=True, **kwargs)
 
 
 def load_policy(path: str | Path, dtype: str = "float32", attn_implementation: str = "sdpa"):

@@ -26,7 +26,9 @@ def make_engine(rollout, model, model_path: str | Path, seed: int = 0) -> Engine
 
     With ``backend: vllm`` and ``fallback_to_hf: true`` a machine without a working vLLM gets the
     transformers engine and a logged warning; with ``fallback_to_hf: false`` it is an error.
+    Both resize images within ``model.min_visual_tokens`` / ``max_visual_tokens`` when set.
     """
+    from awares_rl.models import load_processor, processor_size
     from awares_rl.rollout.hf_engine import HFEngine
 
     if rollout.backend == "vllm":
@@ -38,6 +40,7 @@ def make_engine(rollout, model, model_path: str | Path, seed: int = 0) -> Engine
                 str(model_path), dtype=model.dtype, max_model_len=rollout.max_model_len,
                 max_images=1 + rollout.max_crops, prefix_caching=rollout.prefix_caching,
                 enforce_eager=rollout.enforce_eager, seed=seed, kv_cache_gib=rollout.kv_cache_gib,
+                image_size=processor_size(model_path, model),
             )
         if not rollout.fallback_to_hf:
             raise RuntimeError(
@@ -45,7 +48,8 @@ def make_engine(rollout, model, model_path: str | Path, seed: int = 0) -> Engine
                 "[gpu] extra, or set rollout.backend=hf or rollout.fallback_to_hf=true"
             )
         log.warning("vLLM unavailable (%s): falling back to the transformers engine", why)
-    return HFEngine(str(model_path), dtype=model.dtype, attn_implementation=model.attn_implementation)
+    return HFEngine(str(model_path), dtype=model.dtype, attn_implementation=model.attn_implementation,
+                    processor=load_processor(model_path, model))
 
 
 __all__ = [

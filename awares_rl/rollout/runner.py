@@ -14,6 +14,7 @@ from awares_rl.core.crops import LOW_RES_SCALE, cut_crops, low_res_view, retaine
 from awares_rl.core.engine import Engine, GenOutput, GenRequest, SamplingConfig
 from awares_rl.core.episode import Episode
 from awares_rl.core.images import DEFAULT_MAX_PIXELS, ImageError, check_image, load_image
+from awares_rl.core.prompts import sample_question
 from awares_rl.core.protocol import ToolCallError, parse_answer, parse_tool_call
 from awares_rl.core.tokens import IMAGE_TOKEN, crops_turn_ids, first_turn_ids
 
@@ -97,7 +98,7 @@ class EpisodeRunner:
                     continue
                 if i not in views:
                     views[i] = (image, low_res_view(image, self.settings.low_res_scale))
-                prompt = first_turn_ids(self.tokenizer, sample.question, self.settings.system_prompt)
+                prompt = first_turn_ids(self.tokenizer, sample_question(sample), self.settings.system_prompt)
                 firsts.append((ep, i, GenRequest(prompt, [views[i][1]], seed=seed + len(episodes) - 1)))
         outs1 = self.engine.generate([r for _, _, r in firsts], sampling)
         t1 = time.perf_counter()

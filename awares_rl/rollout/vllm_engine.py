@@ -40,11 +40,14 @@ class VLLMEngine:
 
     def __init__(self, model_path: str, dtype: str = "float32", max_model_len: int = 4096,
                  max_images: int = 10, prefix_caching: bool = True, enforce_eager: bool = True,
-                 seed: int = 0, gpu_memory_utilization: float = 0.5, kv_cache_gib: int = 1) -> None:
+                 seed: int = 0, gpu_memory_utilization: float = 0.5, kv_cache_gib: int = 1,
+                 image_size: dict[str, int] | None = None) -> None:
+        """``image_size``: the image processor's ``size`` (``models.processor_size``), None for the
+        checkpoint's own."""
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
         from vllm import LLM  # lazy: vLLM is an optional extra
 
-        kwargs = {}
+        kwargs = {"mm_processor_kwargs": {"size": image_size}} if image_size else {}
         if torch.cuda.is_available():
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         self.llm = LLM(

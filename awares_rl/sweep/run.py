@@ -56,7 +56,8 @@ def trial_setup(cfg: RecipeConfig, trials: RecipeConfig) -> TrialSetup:
     base = replace(trials, grpo=replace(trials.grpo, steps=sw.grpo_steps),
                    data=replace(trials.data, dir=str(train.parent.resolve())))
     return TrialSetup(base, str(sweep_dir(cfg)), str(start.resolve()), str(data),
-                      str(labels.resolve()) if labels.is_file() else None)
+                      str(labels.resolve()) if labels.is_file() else None,
+                      str(paths.trajectories("train").resolve()))
 
 
 def check_grid(cfg: RecipeConfig, dims: list[Dimension]) -> None:

@@ -37,6 +37,7 @@ class TrialSetup:
     start_model: str
     eval_data: str
     labels: str | None  # trajectory JSONL of eval_data (crop-decision measures), if any
+    train_labels: str = ""  # the run's train trajectories: GRPO's needs_high_res where a sample lacks it
 
 
 def clean_params(params: dict[str, Any]) -> dict[str, Any]:
@@ -101,7 +102,8 @@ def run_trial(params: dict[str, Any], setup: TrialSetup) -> dict[str, Any]:
     model = RunPaths(cfg.run.dir).model("grpo")
     if not (model / "config.json").is_file():  # a trial killed during its eval keeps its model
         restart_unsaved(cfg)
-        model = GRPOTrainer(cfg, start_model=Path(setup.start_model)).fit()
+        labels = Path(setup.train_labels) if setup.train_labels else None
+        model = GRPOTrainer(cfg, start_model=Path(setup.start_model), crop_labels=labels).fit()
     train_s = time.perf_counter() - t0
     import torch
 
