@@ -290,4 +290,4 @@ class GRPOTrainer:
                     "perf/model_compute_share": model_s / step_s})
         log_step(tracker, self.out_dir, row, step)
         if self.cfg.grpo.log_tables_every and step % self.cfg.grpo.log_tables_every == 0:
-            tracker.log_episodes(episodes, step=step)
+            tracker.log_episodes(episodes, step=step, grid=self.paths.episode_grid("grpo"))
