@@ -40,6 +40,7 @@ def cli_logging(monkeypatch):
     for var in ("WANDB_SILENT", "HF_HUB_DISABLE_PROGRESS_BARS"):
         monkeypatch.setenv(var, os.environ.get(var, ""))  # setup_logging sets them: undone after
     yield
+    logging.captureWarnings(False)
     root.handlers[:], root.level = saved
     for name, (handlers, propagate) in libs.items():
         logging.getLogger(name).handlers[:], logging.getLogger(name).propagate = handlers, propagate

@@ -40,6 +40,7 @@ def setup_logging(verbose: bool) -> None:
     handler = logging.StreamHandler()
     if not log_to_driver():
         handler.addFilter(OwnLines())
+        logging.captureWarnings(True)  # the libraries' FutureWarnings & co. go to the log file
         os.environ.setdefault("WANDB_SILENT", "true")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     logging.basicConfig(level=logging.DEBUG if log_to_driver() else logging.INFO, format=FORMAT,
