@@ -137,6 +137,12 @@ def episode_row(ep: Episode, view: tuple[Image.Image, str] | None = None) -> lis
     ]  # fmt: skip
 
 
+def grid_title(ep: Episode, caption: str) -> str:
+    """A grid cell's title: the sample, the crops taken, the answer and its reward."""
+    reward = f"  R {ep.reward.total:.2f}" if ep.reward else ""
+    return f"{ep.sample_id}: {caption}\n-> {ep.final_answer}{reward}"
+
+
 def save_grid(views: Sequence[tuple[Image.Image, str]], path: Path, columns: int = 4) -> Path:
     """The views side by side, ``columns`` to a row, each with its caption above it, as one PNG."""
     import matplotlib
@@ -222,7 +228,7 @@ class Tracker:
         views = [annotated_view(ep) for ep in shown]
         drawn = [v for v in views if v is not None]
         if grid is not None and drawn:
-            save_grid(drawn, grid)
+            save_grid([(v[0], grid_title(ep, v[1])) for ep, v in zip(shown, views) if v is not None], grid)
         if self.run is None:
             return
         rows = [episode_row(ep, view) for ep, view in zip(shown, views)]
@@ -295,7 +301,7 @@ class Tracker:
         self.finish(exit_code=0 if exc_type is None else 1)
 
 
-__all__ = ["Tracker", "annotated_view", "draw_crop_boxes", "episode_metrics", "episode_row", "save_grid"]
+__all__ = ["Tracker", "annotated_view", "draw_crop_boxes", "episode_metrics", "episode_row", "grid_title", "save_grid"]
 
 
 def stage_tracker(cfg, stage: str, out_dir: Path) -> Tracker:

@@ -17,6 +17,7 @@ from awares_rl.tracking import (
     Tracker,
     draw_crop_boxes,
     episode_metrics,
+    grid_title,
 )
 from awares_rl.wandb_offline import (
     iter_records,
@@ -254,6 +255,7 @@ def test_episode_views_survive_offline_as_png_files(tmp_path):
     first = Image.open(offline / "files" / logged["filenames"][0]).convert("RGB")
     assert first.size == (200, 150) and first.getpixel((60, 0)) == ImageColor.getrgb(CROP_COLOURS[0])
     assert Image.open(grid).size[0] > 4 * 150  # four views side by side
+    assert grid_title(hand_episodes()[0], "top-left, center") == "a: top-left, center\n-> red  R 0.90"
 
 
 def test_grid_is_kept_without_wandb(tmp_path):
