@@ -35,10 +35,8 @@ def cli_logging(monkeypatch):
     root = logging.getLogger()
     saved = root.handlers[:], root.level
     libs = {n: (logging.getLogger(n).handlers[:], logging.getLogger(n).propagate) for n in ("vllm", "ray")}
-    monkeypatch.delenv(VERBOSE_ENV, raising=False)
-    monkeypatch.delenv(VLLM_CONFIG_ENV, raising=False)
-    for var in ("WANDB_SILENT", "HF_HUB_DISABLE_PROGRESS_BARS"):
-        monkeypatch.setenv(var, os.environ.get(var, ""))  # setup_logging sets them: undone after
+    for var in (VERBOSE_ENV, VLLM_CONFIG_ENV, "WANDB_SILENT", "HF_HUB_DISABLE_PROGRESS_BARS"):
+        monkeypatch.delenv(var, raising=False)  # setup_logging sets some: monkeypatch undoes it
     yield
     logging.captureWarnings(False)
     root.handlers[:], root.level = saved
@@ -48,6 +46,7 @@ def cli_logging(monkeypatch):
 
 def test_library_lines_go_to_the_stage_log_only(tmp_path, capfd, cli_logging):
     setup_logging(verbose=False)
+    assert os.environ["WANDB_SILENT"] == "true" and VERBOSE_ENV not in os.environ
     vllm = logging.getLogger("vllm")  # as vLLM sets itself up on import: its own stdout handler
     vllm.addHandler(logging.StreamHandler(sys.stdout))
     vllm.propagate = False
