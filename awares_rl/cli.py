@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 
@@ -31,7 +30,9 @@ def _show_config(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="awares-rl", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logs, and the libraries' (Ray, vLLM, DeepSpeed, W&B) on the terminal too "
+                             "(also AWARES_RL_VERBOSE=1); otherwise `run` keeps them in <run>/logs/<stage>.log")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("episodes", help="run AwaRes episodes and print them as a table")
@@ -65,10 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from awares_rl.commands.console import setup_logging
     from awares_rl.core.config_io import ConfigError
 
+    setup_logging(args.verbose)
     try:
         return int(args.func(args) or 0)
     except ConfigError as e:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 
 from PIL import Image
 from rich.table import Table
+from tqdm import tqdm
 
 from awares_rl.core.crops import low_res_view, retained_token_ratio
 from awares_rl.core.engine import GenRequest
@@ -184,15 +185,18 @@ def _load_batch(batch: list[EvalItem], root: Path, max_pixels: int) -> list[Imag
     return out
 
 
-def run_mode(engine, processor, items: list[EvalItem], root: Path, mode: str, cfg: RecipeConfig) -> list[Prediction]:
+def run_mode(engine, processor, items: list[EvalItem], root: Path, mode: str, cfg: RecipeConfig,
+             desc: str = "eval") -> list[Prediction]:
     """Predictions of ``mode`` for all items, in batches of ``eval.batch_size``, in item order; an
-    item whose image cannot be used gets a ``flagged`` prediction and the rest goes on."""
+    item whose image cannot be used gets a ``flagged`` prediction and the rest goes on. A progress
+    bar ``<desc> <mode>`` counts the samples done."""
     if mode not in MODES:
         raise ValueError(f"unknown eval mode {mode!r}; choose from {MODES}")
     sampling = SamplingConfig(temperature=0.0, max_new_tokens=cfg.eval.max_new_tokens)
     settings = EpisodeSettings(cfg.rollout.low_res_scale, cfg.rollout.max_crops,
                                max_image_pixels=cfg.data.max_image_pixels)
     preds: list[Prediction] = []
+    bar = tqdm(total=len(items), desc=f"{desc} {mode}", unit="sample", dynamic_ncols=True)
     for i in range(0, len(items), cfg.eval.batch_size):
         batch = items[i:i + cfg.eval.batch_size]
         loaded = _load_batch(batch, root, cfg.data.max_image_pixels)
@@ -207,6 +211,8 @@ def run_mode(engine, processor, items: list[EvalItem], root: Path, mode: str, cf
         answered = iter(got)
         preds += [flagged(it.sample.id, f"image: {im}") if isinstance(im, ImageError) else next(answered)
                   for it, im in zip(batch, loaded)]
+        bar.update(len(batch))
+    bar.close()
     return preds
 
 
@@ -308,7 +314,7 @@ def evaluate(cfg: RecipeConfig, checkpoint: str | Path, data: str | Path,
     try:
         for mode in cfg.eval.modes:
             asked = grounding_items(items) if mode == "grounding" else items
-            preds = run_mode(engine, processor, asked, Path(data).parent, mode, cfg)
+            preds = run_mode(engine, processor, asked, Path(data).parent, mode, cfg, f"eval {Path(checkpoint).name}:")
             score(preds, asked, cfg)
             summary[mode], samples[mode] = summarize(preds, asked, mode), [dataclasses.asdict(p) for p in preds]
     finally:

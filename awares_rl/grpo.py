@@ -44,7 +44,7 @@ from awares_rl.rollout.worker import RolloutWorker
 from awares_rl.sampling import PromptSampler, sampling_seed
 from awares_rl.tracking import episode_metrics, log_step, stage_tracker, truncate_metrics
 from awares_rl.workspace import ensure_data
-from cluster.actor_group import ActorGroup, ensure_ray, split_evenly
+from cluster.actor_group import ActorGroup, ensure_ray, log_to_driver, split_evenly
 from data_pipeline.datasets import read_samples
 from reward.service import RewardPool
 
@@ -157,7 +157,8 @@ def start_local_ray(cpus_needed: float) -> None:
     """Start a local Ray sized for the recipe's actors (logical CPUs may exceed the cores: on a
     laptop rollout, reward and learner take turns); with RAY_ADDRESS set, join that cluster."""
     if not ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
-        ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(cpus_needed)), include_dashboard=False)
+        ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(cpus_needed)), include_dashboard=False,
+                 log_to_driver=log_to_driver())
     ensure_ray()
     have = ray.cluster_resources().get("CPU", 0.0)
     if have < cpus_needed:  # placement would wait forever: say so instead of hanging
@@ -311,4 +312,4 @@ class GRPOTrainer:
                     "perf/model_compute_share": model_s / step_s})
         log_step(tracker, self.out_dir, row, step)
         if self.cfg.grpo.log_tables_every and step % self.cfg.grpo.log_tables_every == 0:
-            tracker.log_episodes(episodes, step=step)
+            tracker.log_episodes(episodes, step=step, grid=self.paths.episode_grid("grpo"))

@@ -112,14 +112,20 @@ def _flags(ep: Episode) -> str:
     return ", ".join(flags)
 
 
-def episode_row(ep: Episode) -> list[Any]:
-    """One table row (in ``EPISODE_COLUMNS`` order); the image is the low-res view with the
-    crops taken drawn on it."""
-    image = None
-    if ep.images:
-        names = ", ".join(CROP_NAMES[c] for c in ep.crop_ids if 0 <= c < NUM_CROPS)
-        annotated = draw_crop_boxes(ep.images[0], ep.image_size, ep.crop_ids)
-        image = wandb.Image(annotated, caption=names or "low-res only")
+def annotated_view(ep: Episode) -> tuple[Image.Image, str] | None:
+    """The episode's low-res view with the crops taken drawn on it, and their names (the caption);
+    None for an episode without images (it failed before it saw one)."""
+    if not ep.images:
+        return None
+    names = ", ".join(CROP_NAMES[c] for c in ep.crop_ids if 0 <= c < NUM_CROPS)
+    return draw_crop_boxes(ep.images[0], ep.image_size, ep.crop_ids), names or "low-res only"
+
+
+def episode_row(ep: Episode, view: tuple[Image.Image, str] | None = None) -> list[Any]:
+    """One table row (in ``EPISODE_COLUMNS`` order); the image is ``view`` (default: the
+    episode's ``annotated_view``)."""
+    view = view or annotated_view(ep)
+    image = wandb.Image(view[0], caption=view[1]) if view else None
     r = ep.reward
     reward = [r.total, r.answer, r.crop_cost, r.format, r.judge] if r else [None] * 5
     return [
@@ -129,6 +135,32 @@ def episode_row(ep: Episode) -> list[Any]:
         ep.final_answer, " | ".join(ep.answers),
         *reward, ep.rtr, ep.visual_tokens, _flags(ep),
     ]  # fmt: skip
+
+
+def grid_title(ep: Episode, caption: str) -> str:
+    """A grid cell's title: the sample, the crops taken, the answer and its reward."""
+    reward = f"  R {ep.reward.total:.2f}" if ep.reward else ""
+    return f"{ep.sample_id}: {caption}\n-> {ep.final_answer}{reward}"
+
+
+def save_grid(views: Sequence[tuple[Image.Image, str]], path: Path, columns: int = 4) -> Path:
+    """The views side by side, ``columns`` to a row, each with its caption above it, as one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = max(1, math.ceil(len(views) / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (image, caption) in zip(axes.flat, views):
+        ax.imshow(image)
+        ax.set_title(caption, fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
 
 
 class Tracker:
@@ -186,14 +218,24 @@ class Tracker:
         if self.run is not None:
             self.run.log(dict(metrics), step=step)
 
-    def log_episodes(
-        self, episodes: Sequence[Episode], step: int, max_rows: int = 16, key: str = "episodes"
-    ) -> None:
-        """Log the first ``max_rows`` episodes as a ``wandb.Table`` (columns: EPISODE_COLUMNS)."""
+    def log_episodes(self, episodes: Sequence[Episode], step: int, max_rows: int = 16, key: str = "episodes",
+                     grid: Path | None = None) -> None:
+        """Log the first ``max_rows`` episodes as a ``wandb.Table`` (columns: EPISODE_COLUMNS) and
+        their annotated views as a list of ``wandb.Image`` under ``<key>_images``: offline W&B
+        writes a table's image cells as the word "Image" only (wandb#4611), a list's as PNGs under
+        the run's ``files/media/images``. ``grid``: save the views as one PNG there (W&B or not)."""
+        shown = episodes[:max_rows]
+        views = [annotated_view(ep) for ep in shown]
+        drawn = [v for v in views if v is not None]
+        if grid is not None and drawn:
+            save_grid([(v[0], grid_title(ep, v[1])) for ep, v in zip(shown, views) if v is not None], grid)
         if self.run is None:
             return
-        rows = [episode_row(ep) for ep in episodes[:max_rows]]
-        self.run.log({key: wandb.Table(columns=list(EPISODE_COLUMNS), data=rows)}, step=step)
+        rows = [episode_row(ep, view) for ep, view in zip(shown, views)]
+        logged: dict[str, Any] = {key: wandb.Table(columns=list(EPISODE_COLUMNS), data=rows)}
+        if drawn:
+            logged[f"{key}_images"] = [wandb.Image(image, caption=caption) for image, caption in drawn]
+        self.run.log(logged, step=step)
 
     def log_accuracy_vs_rtr(
         self, rows: dict[str, tuple[float, float]], step: int, key: str = "accuracy_vs_rtr"
@@ -259,7 +301,7 @@ class Tracker:
         self.finish(exit_code=0 if exc_type is None else 1)
 
 
-__all__ = ["Tracker", "draw_crop_boxes", "episode_metrics", "episode_row"]
+__all__ = ["Tracker", "annotated_view", "draw_crop_boxes", "episode_metrics", "episode_row", "grid_title", "save_grid"]
 
 
 def stage_tracker(cfg, stage: str, out_dir: Path) -> Tracker:

@@ -32,6 +32,14 @@ from typing import Any, Literal
 
 # Environment variables handed to every actor when set in the driver (caches, accelerator).
 FORWARD_ENV = ("TORCH_EXTENSIONS_DIR", "DS_ACCELERATOR", "HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM")
+# Set (``awares-rl --verbose``): actors' output (vLLM, DeepSpeed, ...) is printed by the driver too;
+# otherwise it stays in the Ray session's worker logs (``awares-rl run`` links them into the run).
+VERBOSE_ENV = "AWARES_RL_VERBOSE"
+
+
+def log_to_driver() -> bool:
+    """Whether a Ray started here prints its actors' output in the driver (``VERBOSE_ENV``)."""
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
 
 
 @dataclass(frozen=True)
@@ -62,12 +70,13 @@ def _master_address() -> tuple[str, int]:
 
 
 def ensure_ray() -> bool:
-    """``ray.init()`` (a local cluster, or ``RAY_ADDRESS``'s) unless Ray is up; True if started here."""
+    """``ray.init()`` (a local cluster, or ``RAY_ADDRESS``'s) unless Ray is up; True if started here.
+    Actors' output reaches the driver only with ``VERBOSE_ENV`` set (``log_to_driver``)."""
     import ray
 
     if ray.is_initialized():
         return False
-    ray.init(include_dashboard=False, log_to_driver=True)
+    ray.init(include_dashboard=False, log_to_driver=log_to_driver())
     return True
 
 
@@ -98,6 +107,14 @@ def reap_group_on_exit() -> subprocess.Popen | None:
         return None
     return subprocess.Popen([sys.executable, "-c", _REAPER, str(os.getpid())], start_new_session=True,
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def ray_logs_dir() -> str | None:
+    """The worker-log folder of the Ray session this driver is connected to, if any."""
+    import ray
+
+    node = ray._private.worker._global_node if ray.is_initialized() else None  # no public accessor
+    return node.get_logs_dir_path() if node is not None else None
 
 
 def split_evenly(items: Sequence, parts: int) -> list[list]:

@@ -43,7 +43,10 @@ def test_eval_three_modes(tool_model_dir, eval_files, capsys):
         f"run.out_dir={eval_files}",
     ])
     assert args.func(args) == 0
-    assert "AwaRes evaluation" in capsys.readouterr().out
+    shown = capsys.readouterr()
+    assert "AwaRes evaluation" in shown.out
+    for mode in ("low", "full", "policy"):  # a progress bar per mode, samples done (batches of 3)
+        assert f"eval {tool_model_dir.name}: {mode}: 100%" in shown.err and "4/4" in shown.err
     report = json.loads(out.read_text())
     low, full, policy = (report["summary"][m] for m in ("low", "full", "policy"))
     images = [im for _, im in episode_inputs()]

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageColor
 
 from awares_rl.core.episode import Episode, RewardParts
 from awares_rl.tracking import (
@@ -17,6 +17,7 @@ from awares_rl.tracking import (
     Tracker,
     draw_crop_boxes,
     episode_metrics,
+    grid_title,
 )
 from awares_rl.wandb_offline import (
     iter_records,
@@ -234,3 +235,32 @@ def test_final_results_reach_wandb_and_png(tmp_path):
     summary = read_offline_summary(run / "eval")
     assert summary["grpo/crop_jaccard"] == 0.9 and summary["low_res/grounding"] == 95.0
     assert "low_res/crop_jaccard" not in summary  # absent values are not logged as null
+
+
+def test_episode_views_survive_offline_as_png_files(tmp_path):
+    """The table's image cells are lost offline (wandb#4611); the ``episodes_images`` list beside
+    it is written as PNG files in the run's files/media/images, and the grid PNG in the run dir."""
+    run_dir, grid = tmp_path / "run", tmp_path / "run" / "episodes.png"
+    with Tracker("awares-test", "t", run_dir, {}, mode="offline") as tracker:
+        tracker.log_episodes(hand_episodes(), step=3, grid=grid)
+    (row,) = read_offline_run(run_dir)
+    logged = row["episodes_images"]
+    assert logged["_type"] == "images/separated" and logged["count"] == 4  # d has no image
+    assert logged["captions"] == ["top-left, center", "low-res only", "low-res only", "top-right"]
+    (offline,) = run_dir.glob("wandb/offline-run-*")
+    files = sorted((offline / "files").glob(f"{logged['filenames'][0].rsplit('/', 1)[0]}/*.png"))
+    # b and c are the same white view: one file (named by its hash) serves both
+    assert [str(f.relative_to(offline / "files")) for f in files] == sorted(set(logged["filenames"]))
+    assert len(files) == 3
+    first = Image.open(offline / "files" / logged["filenames"][0]).convert("RGB")
+    assert first.size == (200, 150) and first.getpixel((60, 0)) == ImageColor.getrgb(CROP_COLOURS[0])
+    assert Image.open(grid).size[0] > 4 * 150  # four views side by side
+    assert grid_title(hand_episodes()[0], "top-left, center") == "a: top-left, center\n-> red  R 0.90"
+
+
+def test_grid_is_kept_without_wandb(tmp_path):
+    tracker = Tracker("awares-test", "t", tmp_path / "run", {}, mode="disabled")
+    tracker.log_episodes(hand_episodes()[3:], step=1, grid=tmp_path / "grid.png")  # d: no image, e: one
+    assert Image.open(tmp_path / "grid.png").size[0] > 150
+    tracker.log_episodes(hand_episodes()[3:4], step=2, grid=tmp_path / "none.png")
+    assert not (tmp_path / "none.png").exists()  # nothing to draw

@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import replace
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
+from awares_rl.commands.console import banner, console, skipped, stage_logs
 from awares_rl.config import RecipeConfig, load_recipe
 from awares_rl.core.run_paths import RunPaths
-from awares_rl.workspace import base_model, ensure_data
+from awares_rl.workspace import base_model, data_file, ensure_data
 
 log = logging.getLogger(__name__)
 
@@ -67,15 +66,11 @@ def stage_trajectories(cfg: RecipeConfig) -> None:
 
 
 def stage_sft(cfg: RecipeConfig) -> Path:
-    import ray
-
     from awares_rl.sft import SFTTrainer
 
     out = RunPaths(cfg.run.dir).model("sft")
     if not _done(out):
-        SFTTrainer(cfg).fit()
-        if not os.environ.get("RAY_ADDRESS"):
-            ray.shutdown()  # GRPO sizes its own local Ray for rollout + reward + learner actors
+        SFTTrainer(cfg).fit()  # its local Ray ends with the stage (stage_logs): GRPO sizes its own
     return out
 
 
@@ -125,6 +120,13 @@ def log_results(cfg: RecipeConfig, rows: dict[str, dict]) -> None:
         tracker.log_results(rows, images={"accuracy_vs_rtr_png": scatter, "learning_curves_png": curves})
 
 
+def stage_eval(cfg: RecipeConfig, base: Path, sft: Path, grpo: Path) -> dict[str, dict]:
+    """The final table's rows, logged (figures, W&B)."""
+    rows = final_table(cfg, base, sft, grpo)
+    log_results(cfg, rows)
+    return rows
+
+
 def results_table(rows: dict[str, dict]) -> Table:
     table = Table(title="AwaRes on the embedded default (test split)")
     cols = (("accuracy %", "accuracy", ".1f"), ("RTR", "rtr", ".3f"), ("visual tokens", "visual_tokens", ".1f"),
@@ -138,27 +140,67 @@ def results_table(rows: dict[str, dict]) -> Table:
     return table
 
 
+STAGES = {  # name: (title, what it does)
+    "data": ("Data", "the synthetic benchmark: train, val and test samples"),
+    "base": ("Base model", "pretrain the embedded tiny VLM to read (plain VQA at mixed resolutions)"),
+    "trajectories": ("Trajectories", "the base model answers at low and full res: which samples need "
+                     "a crop, and which crop (SFT labels)"),
+    "sft": ("SFT", "cold-start SFT on the train trajectories, the GET_CROPS turn weighted by sft.tool_turn_weight"),
+    "grpo": ("GRPO", "multi-turn GRPO from the SFT model: episodes, crop-cost rewards, PPO-clip updates"),
+    "eval": ("Eval", "low-res only and full-res only (base model), the SFT and GRPO policies, on the test split"),
+}
+
+
+def stage_outputs(cfg: RecipeConfig) -> dict[str, tuple[Path, bool]]:
+    """Each stage's output and whether it is there already (eval always runs)."""
+    paths = RunPaths(cfg.run.dir)
+    splits = ("train", "val", "test")
+    base = Path(cfg.model.path) if cfg.model.path else paths.model("base")
+    return {
+        "data": (data_file(cfg, "train").parent, all(data_file(cfg, s).is_file() for s in splits)),
+        "base": (base, _done(base)),
+        "trajectories": (paths.trajectories("train").parent,
+                         all(paths.trajectory_stats(s).is_file() for s in splits)),
+        "sft": (paths.model("sft"), _done(paths.model("sft"))),
+        "grpo": (paths.model("grpo"), _done(paths.model("grpo"))),
+        "eval": (paths.results, False),
+    }
+
+
+def run_stage(cfg: RecipeConfig, name: str, fn, *args):
+    """``fn(*args)`` as the pipeline's stage ``name``: its banner, or a line saying it is done
+    (``fn`` then only finds its output), its logs in the run's ``logs/<name>.log``."""
+    paths, (title, what) = RunPaths(cfg.run.dir), STAGES[name]
+    out, done = stage_outputs(cfg)[name]
+    if done:
+        skipped(title, out)
+    else:
+        banner(title, what, out, paths.log_file(name))
+    with stage_logs(paths, name):
+        return fn(*args)
+
+
 def run_pipeline(recipe: str, overrides: list[str]) -> dict:
     cfg = load_recipe(recipe, overrides)
     t0, times = time.perf_counter(), {}
-    for split in ("train", "val", "test"):
-        ensure_data(cfg, split)
-    times["data_s"] = time.perf_counter() - t0
-    base = stage_base(cfg)
-    times["base_s"] = time.perf_counter() - t0 - sum(times.values())
-    stage_trajectories(cfg)
-    times["trajectories_s"] = time.perf_counter() - t0 - sum(times.values())
-    sft = stage_sft(cfg)
-    times["sft_s"] = time.perf_counter() - t0 - sum(times.values())
-    grpo = stage_grpo(cfg, sft)
-    times["grpo_s"] = time.perf_counter() - t0 - sum(times.values())
-    rows = final_table(cfg, base, sft, grpo)
-    times["eval_s"] = time.perf_counter() - t0 - sum(times.values())
+
+    def timed(name: str, fn, *args):
+        start = time.perf_counter()
+        result = run_stage(cfg, name, fn, *args)
+        times[f"{name}_s"] = time.perf_counter() - start
+        return result
+
+    timed("data", lambda: [ensure_data(cfg, split) for split in ("train", "val", "test")])
+    base = timed("base", stage_base, cfg)
+    timed("trajectories", stage_trajectories, cfg)
+    sft = timed("sft", stage_sft, cfg)
+    grpo = timed("grpo", stage_grpo, cfg, sft)
+    rows = timed("eval", stage_eval, cfg, base, sft, grpo)
     results = {**rows, "stage_seconds": times, "total_seconds": time.perf_counter() - t0}
     RunPaths(cfg.run.dir).results.write_text(json.dumps(results, indent=1))
-    log_results(cfg, rows)
-    Console().print(results_table(rows))
-    print(f"results written to {RunPaths(cfg.run.dir).results} ({results['total_seconds'] / 60:.1f} min)")
+    console.print(results_table(rows))
+    console.print(f"results written to {RunPaths(cfg.run.dir).results} ({results['total_seconds'] / 60:.1f} min)",
+                  highlight=False)
     return results
 
 

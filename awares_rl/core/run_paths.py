@@ -7,6 +7,9 @@
     <run>/trajectories/<split>.jsonl            SFT trajectories (+ .stats.json)
     <run>/sweeps/<name>/                        reward sweeps (trials/<key>/ is a run of its own)
     <run>/results.json, <run>/*.png             the final table and its figures
+    <run>/logs/<stage>.log, <stage>.ray         a pipeline stage's log (ours and the libraries'),
+                                                a link to its Ray session's worker logs
+    <run>/<stage>/episodes.png                  the last logged step's episodes, crops drawn
 """
 
 from __future__ import annotations
@@ -72,6 +75,18 @@ class RunPaths:
 
     def figure(self, name: str) -> Path:
         return self.root / f"{name}.png"
+
+    def log_file(self, stage: str) -> Path:
+        """The log of one ``awares-rl run`` stage (data, base, trajectories, sft, grpo, eval)."""
+        return self.root / "logs" / f"{stage}.log"
+
+    def ray_logs(self, stage: str) -> Path:
+        """A link to the worker logs of the Ray session a stage ran on (actors' stdout, vLLM, DeepSpeed)."""
+        return self.root / "logs" / f"{stage}.ray"
+
+    def episode_grid(self, stage: str) -> Path:
+        """A PNG of the last logged step's episodes (the low-res view, crops drawn)."""
+        return self.logs(stage) / "episodes.png"
 
 
 @dataclass(frozen=True)

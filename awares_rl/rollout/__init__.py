@@ -36,6 +36,7 @@ def make_engine(rollout, model, model_path: str | Path, seed: int = 0) -> Engine
         if ok:
             from awares_rl.rollout.vllm_engine import VLLMEngine
 
+            log.info("starting a vLLM engine on %s", model_path)
             return VLLMEngine(
                 str(model_path), dtype=model.dtype, max_model_len=rollout.max_model_len,
                 max_images=1 + rollout.max_crops, prefix_caching=rollout.prefix_caching,
@@ -48,6 +49,7 @@ def make_engine(rollout, model, model_path: str | Path, seed: int = 0) -> Engine
                 "[gpu] extra, or set rollout.backend=hf or rollout.fallback_to_hf=true"
             )
         log.warning("vLLM unavailable (%s): falling back to the transformers engine", why)
+    log.info("starting a transformers engine on %s", model_path)
     return HFEngine(str(model_path), dtype=model.dtype, attn_implementation=model.attn_implementation,
                     processor=load_processor(model_path, model))
 
