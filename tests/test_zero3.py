@@ -54,6 +54,7 @@ def test_gpu_recipe_zero3_config_is_valid(recipe):
     cfg = load_recipe(RECIPES / recipe)
     lc = cfg.learner
     assert (lc.backend, lc.zero_stage, cfg.model.dtype) == ("deepspeed", 3, "bfloat16")
+    assert (cfg.rollout.device, cfg.rollout.gpu_memory_utilization) == ("cuda", 0.85)
     ds = DeepSpeedConfig(deepspeed_config(lc.zero_stage, lc.micro_batch_size, cfg.sft.grad_clip,
                                           bf16=cfg.model.dtype == "bfloat16"))
     assert ds.zero_optimization_stage == 3 and ds.zero_enabled and ds.bfloat16_config.enabled
