@@ -45,6 +45,7 @@ from awares_rl.sampling import PromptSampler, sampling_seed
 from awares_rl.tracking import episode_metrics, log_step, stage_tracker, truncate_metrics
 from awares_rl.workspace import ensure_data
 from cluster.actor_group import ActorGroup, ensure_ray, log_to_driver, split_evenly
+from cluster.resources import ActorAsk, check_resources, totals
 from data_pipeline.datasets import read_samples
 from reward.service import RewardPool
 
@@ -145,12 +146,20 @@ def attach_logprobs(seqs: list[TokenSequence], key: str, scorer: ActorGroup) -> 
         setattr(seq, key, lp)
 
 
+def grpo_asks(cfg: RecipeConfig) -> list[ActorAsk]:
+    """The Ray actors a GRPO run creates: learners (unless in the driver), rollout workers, reward
+    actors and, with a KL term, the reference scorer."""
+    lc = cfg.learner
+    asks = [ActorAsk.of("learner", lc), ActorAsk.of("rollout", cfg.rollout), ActorAsk.of("reward", cfg.reward)]
+    if cfg.grpo.kl_coef > 0:
+        asks.append(ActorAsk("reference", 1, lc.cpus_per_worker, lc.gpus_per_worker,
+                             "learner.cpus_per_worker, learner.gpus_per_worker; grpo.kl_coef > 0 adds it"))
+    return [a for a in asks if lc.use_ray or a.role not in ("learner", "reference")]
+
+
 def grpo_cpus(cfg: RecipeConfig) -> float:
-    """Logical CPUs a GRPO run's actors reserve: learners, rollout workers, reward actors and,
-    with a KL term, the reference scorer."""
-    lc, rc, g = cfg.learner, cfg.rollout, cfg.grpo
-    return (lc.num_workers * lc.cpus_per_worker + rc.num_workers * rc.cpus_per_worker
-            + cfg.reward.num_workers * cfg.reward.cpus_per_worker + (lc.cpus_per_worker if g.kl_coef else 0))
+    """Logical CPUs a GRPO run's actors reserve (``grpo_asks``)."""
+    return totals(grpo_asks(cfg))["CPU"]
 
 
 def start_local_ray(cpus_needed: float) -> None:
@@ -160,11 +169,6 @@ def start_local_ray(cpus_needed: float) -> None:
         ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(cpus_needed)), include_dashboard=False,
                  log_to_driver=log_to_driver())
     ensure_ray()
-    have = ray.cluster_resources().get("CPU", 0.0)
-    if have < cpus_needed:  # placement would wait forever: say so instead of hanging
-        raise RuntimeError(
-            f"the recipe's GRPO actors need {cpus_needed:g} CPUs but the Ray cluster has {have:g}: "
-            "lower rollout/learner/reward cpus_per_worker or num_workers, or start Ray with more CPUs")
 
 
 def train_samples(train_file: Path, crop_labels: Path) -> list[Sample]:
@@ -207,6 +211,7 @@ class GRPOTrainer:
     def _groups(self, model_dir):
         cfg, g, lc, rc = self.cfg, self.cfg.grpo, self.cfg.learner, self.cfg.rollout
         start_local_ray(grpo_cpus(cfg))
+        check_resources(grpo_asks(cfg))  # before placement, which would wait forever
         per_batch = g.ppo_epochs * g.mini_batches  # optimizer steps per GRPO step
         optim = OptimSettings(lr=g.lr, total_steps=g.steps * per_batch, warmup_steps=g.warmup_steps * per_batch,
                               min_lr_ratio=1.0, grad_clip=g.grad_clip)

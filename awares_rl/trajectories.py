@@ -22,7 +22,8 @@ def build_split(cfg: RecipeConfig, split: str = "train", model_dir: str | Path |
                 out: str | Path | None = None, limit: int | None = None, progress: bool = True,
                 builder: TrajectoryBuilder | None = None) -> dict[str, Any]:
     """Build (or resume) a split's trajectories with the base model; returns the stats.
-    ``builder`` (one engine for several splits, see ``make_builder``) is used when given."""
+    ``builder`` (one engine for several splits, see ``make_builder``; the caller closes it) is used
+    when given; otherwise one is made and closed here."""
     tc = cfg.trajectories
     data_file = ensure_data(cfg, split)
     samples = read_samples(data_file)[0]
@@ -36,10 +37,15 @@ def build_split(cfg: RecipeConfig, split: str = "train", model_dir: str | Path |
         process = ray_process(args, tc.num_workers, cfg.rollout, data_file.parent, out.parent, split, max_pixels)
         run_batches(samples, tc, process, out, limit, progress, meta)
     else:
+        owned = builder is None
         builder = builder or make_builder(model_dir, cfg.rollout, cfg.model, tc, cfg.reward, cfg.run.seed)
-        run_batches(samples, tc, lambda bs: (builder.process(b, data_file.parent, out.parent, split, max_pixels)
-                                             for b in bs),
-                    out, limit, progress, meta)
+        try:
+            run_batches(samples, tc, lambda bs: (builder.process(b, data_file.parent, out.parent, split, max_pixels)
+                                                 for b in bs),
+                        out, limit, progress, meta)
+        finally:
+            if owned:  # its engines' memory goes back before the next stage starts its own
+                builder.close()
     stats = write_report(out, cfg.reward.correct_threshold)
     Console().print(stats_table(stats))
     print(f"wrote {stats['overall']['n']} trajectories to {out} ({stats['skipped']} skipped)")

@@ -31,6 +31,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 # Environment variables handed to every actor when set in the driver (caches, accelerator).
+# How long a placement group may wait for free resources (its size was checked against the cluster
+# by cluster.resources.check_resources; a wait means other jobs hold them). AWARES_PLACEMENT_TIMEOUT_S.
+PLACEMENT_TIMEOUT_S = float(os.environ.get("AWARES_PLACEMENT_TIMEOUT_S", "600"))
 FORWARD_ENV = ("TORCH_EXTENSIONS_DIR", "DS_ACCELERATOR", "HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM")
 # Set (``awares-rl --verbose``): actors' output (vLLM, DeepSpeed, ...) is printed by the driver too;
 # otherwise it stays in the Ray session's worker logs (``awares-rl run`` links them into the run).
@@ -150,7 +153,7 @@ class ActorGroup:
     def _start(self, cls, args, kwargs, cpus: float, gpus: float, strategy: str, placement: str,
                restarts: dict[str, int]) -> None:
         import ray
-        from ray.util.placement_group import placement_group
+        from ray.util.placement_group import placement_group, remove_placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         env = {k: os.environ[k] for k in FORWARD_ENV if k in os.environ}
@@ -165,7 +168,15 @@ class ActorGroup:
             return
         bundle = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
         self.pg = placement_group([bundle] * self.num_actors, strategy=strategy)
-        ray.get(self.pg.ready())
+        try:
+            ray.get(self.pg.ready(), timeout=PLACEMENT_TIMEOUT_S)
+        except ray.exceptions.GetTimeoutError:
+            remove_placement_group(self.pg)
+            self.pg = None
+            raise TimeoutError(
+                f"placement of {self.num_actors} x {cls.__name__} ({bundle} each) not ready after "
+                f"{PLACEMENT_TIMEOUT_S:g} s: the cluster has not that much free (`ray status`); other jobs "
+                "may hold it, or lower the recipe's num_workers / cpus_per_worker / gpus_per_worker") from None
 
         def at(i: int) -> PlacementGroupSchedulingStrategy:
             return PlacementGroupSchedulingStrategy(placement_group=self.pg, placement_group_bundle_index=i)

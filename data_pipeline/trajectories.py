@@ -171,6 +171,12 @@ class TrajectoryBuilder:
         texts = [self.tokenizer.decode(o.token_ids, skip_special_tokens=True).strip() for o in outs]
         return texts, [o.finish_reason == "length" for o in outs]
 
+    def close(self) -> None:
+        """Close the engine and a separate grounding engine (``trajectories.grounder_model``), if any."""
+        grounding = getattr(self.vlm, "engine", None)
+        for engine in {id(e): e for e in (self.engine, grounding) if e is not None}.values():
+            engine.close()
+
     def _grounder_for(self, sample: Sample) -> Grounder:
         if self.cfg.grounder == "dataset" or (self.cfg.grounder == "auto" and sample.evidence_boxes):
             return self.dataset_boxes
@@ -381,10 +387,13 @@ def ray_process(worker_args: tuple, num_workers: int, rollout, root, out_dir, sp
     import ray
 
     from cluster.actor_group import ActorGroup
+    from cluster.resources import ActorAsk, check_resources
 
     def process(batches: list[list[Sample]]) -> Iterator[list[Trajectory | Skipped]]:
         if not ray.is_initialized():
             ray.init(include_dashboard=False, log_to_driver=False)
+        check_resources([ActorAsk("trajectory worker", num_workers, rollout.cpus_per_worker, rollout.gpus_per_worker,
+                                  "trajectories.num_workers, rollout.cpus_per_worker, rollout.gpus_per_worker")])
         group = ActorGroup(TrajectoryWorker, num_workers, *worker_args,
                            cpus_per_actor=rollout.cpus_per_worker, gpus_per_actor=rollout.gpus_per_worker)
         try:

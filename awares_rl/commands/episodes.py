@@ -43,13 +43,15 @@ def run_episodes(recipe: str, overrides: list[str], n: int = 16, checkpoint: str
                                                                  max_image_pixels=cfg.data.max_image_pixels))
     sampling = SamplingConfig(cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.max_new_tokens)
     episodes: list[Episode] = []
-    with Progress(transient=True) as progress:
-        task = progress.add_task(f"episodes ({type(engine).__name__})", total=len(samples))
-        for i in range(0, len(samples), batch):
-            chunk = samples[i:i + batch]
-            episodes += runner.run(chunk, group_size, sampling, seed=cfg.run.seed + i, root=data_file.parent)
-            progress.advance(task, len(chunk))
-    engine.close()
+    try:
+        with Progress(transient=True) as progress:
+            task = progress.add_task(f"episodes ({type(engine).__name__})", total=len(samples))
+            for i in range(0, len(samples), batch):
+                chunk = samples[i:i + batch]
+                episodes += runner.run(chunk, group_size, sampling, seed=cfg.run.seed + i, root=data_file.parent)
+                progress.advance(task, len(chunk))
+    finally:
+        engine.close()
     Console().print(episodes_table(episodes))
     return 0
 

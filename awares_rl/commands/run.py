@@ -62,7 +62,7 @@ def stage_trajectories(cfg: RecipeConfig) -> None:
             build_split(cfg, split, model_dir=base, builder=builder)
     finally:
         if builder is not None:
-            builder.engine.close()
+            builder.close()
 
 
 def stage_sft(cfg: RecipeConfig) -> Path:

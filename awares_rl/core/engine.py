@@ -63,3 +63,23 @@ class Engine(Protocol):
     def close(self) -> None:
         """Release the engine's processes and memory."""
         ...
+
+
+def release_memory() -> None:
+    """After an engine (or any model) is dropped: collect it and hand PyTorch's cached CUDA blocks
+    back, so the next engine or learner of the process gets that memory."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def resolve_device(device: str) -> str:
+    """``rollout.device``: "auto" (CUDA when torch sees a GPU, else CPU), "cpu" or "cuda"."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("rollout.device=cuda but torch sees no CUDA GPU here (a CPU torch build, or a Ray actor "
+                           "without rollout.gpus_per_worker); set rollout.device=auto or cpu")
+    return device

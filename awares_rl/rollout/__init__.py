@@ -6,7 +6,7 @@ import importlib
 import logging
 from pathlib import Path
 
-from awares_rl.core.engine import Engine, GenOutput, GenRequest, SamplingConfig
+from awares_rl.core.engine import Engine, GenOutput, GenRequest, SamplingConfig, resolve_device
 from awares_rl.rollout.runner import EpisodeRunner, EpisodeSettings
 
 log = logging.getLogger(__name__)
@@ -25,12 +25,14 @@ def make_engine(rollout, model, model_path: str | Path, seed: int = 0) -> Engine
     """Build the engine a recipe asks for (``rollout.backend``).
 
     With ``backend: vllm`` and ``fallback_to_hf: true`` a machine without a working vLLM gets the
-    transformers engine and a logged warning; with ``fallback_to_hf: false`` it is an error.
-    Both resize images within ``model.min_visual_tokens`` / ``max_visual_tokens`` when set.
+    transformers engine and a logged warning; with ``fallback_to_hf: false`` it is an error. The
+    device is ``rollout.device`` (``resolve_device``); vLLM takes ``rollout.gpu_memory_utilization``
+    of a CUDA GPU. Both resize images within ``model.min_visual_tokens`` / ``max_visual_tokens`` when set.
     """
     from awares_rl.models import load_processor, processor_size
     from awares_rl.rollout.hf_engine import HFEngine
 
+    device = resolve_device(rollout.device)
     if rollout.backend == "vllm":
         ok, why = vllm_available()
         if ok:
@@ -42,6 +44,7 @@ def make_engine(rollout, model, model_path: str | Path, seed: int = 0) -> Engine
                 max_images=1 + rollout.max_crops, prefix_caching=rollout.prefix_caching,
                 enforce_eager=rollout.enforce_eager, seed=seed, kv_cache_gib=rollout.kv_cache_gib,
                 image_size=processor_size(model_path, model),
+                gpu_memory_utilization=rollout.gpu_memory_utilization, device=device,
             )
         if not rollout.fallback_to_hf:
             raise RuntimeError(
@@ -50,7 +53,7 @@ def make_engine(rollout, model, model_path: str | Path, seed: int = 0) -> Engine
             )
         log.warning("vLLM unavailable (%s): falling back to the transformers engine", why)
     log.info("starting a transformers engine on %s", model_path)
-    return HFEngine(str(model_path), dtype=model.dtype, attn_implementation=model.attn_implementation,
+    return HFEngine(str(model_path), dtype=model.dtype, device=device, attn_implementation=model.attn_implementation,
                     processor=load_processor(model_path, model))
 
 

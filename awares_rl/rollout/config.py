@@ -27,6 +27,8 @@ class RolloutConfig:
     enforce_eager: bool = True  # vLLM: skip torch.compile (faster start on CPU)
     max_model_len: int = 4096
     kv_cache_gib: int = 1  # vLLM CPU KV cache size
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # the engine's device; auto: CUDA when torch sees a GPU
+    gpu_memory_utilization: float = 0.5  # vLLM on CUDA: the share of the GPU its engine takes (weights + KV)
 
     def __post_init__(self) -> None:
         if self.group_size < 1:
@@ -43,3 +45,6 @@ class RolloutConfig:
             require(getattr(self, name) >= 1, f"rollout.{name}", getattr(self, name), ">= 1")
         require(self.cpus_per_worker > 0, "rollout.cpus_per_worker", self.cpus_per_worker, "> 0")
         require(self.gpus_per_worker >= 0, "rollout.gpus_per_worker", self.gpus_per_worker, ">= 0")
+        require(self.device in ("auto", "cpu", "cuda"), "rollout.device", self.device, "one of auto, cpu, cuda")
+        require(0 < self.gpu_memory_utilization <= 1, "rollout.gpu_memory_utilization", self.gpu_memory_utilization,
+                "in (0, 1]: the share of GPU memory vLLM takes (0.5 leaves half to a learner on the same GPU)")

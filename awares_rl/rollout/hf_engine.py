@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from awares_rl.core.engine import GenOutput, GenRequest, SamplingConfig
+from awares_rl.core.engine import GenOutput, GenRequest, SamplingConfig, release_memory
 from awares_rl.core.tokens import (
     IMAGE_TOKEN,
     expand_image_tokens,
@@ -107,4 +107,6 @@ class HFEngine:
         self.version = version
 
     def close(self) -> None:
+        """Drop the model and hand its memory back (``release_memory``)."""
         self.model = None
+        release_memory()

@@ -16,7 +16,13 @@ from pathlib import Path
 
 import torch
 
-from awares_rl.core.engine import GenOutput, GenRequest, SamplingConfig
+from awares_rl.core.engine import (
+    GenOutput,
+    GenRequest,
+    SamplingConfig,
+    release_memory,
+    resolve_device,
+)
 from awares_rl.core.tokens import END_TOKEN, forbidden_output_ids
 
 
@@ -41,14 +47,14 @@ class VLLMEngine:
     def __init__(self, model_path: str, dtype: str = "float32", max_model_len: int = 4096,
                  max_images: int = 10, prefix_caching: bool = True, enforce_eager: bool = True,
                  seed: int = 0, gpu_memory_utilization: float = 0.5, kv_cache_gib: int = 1,
-                 image_size: dict[str, int] | None = None) -> None:
+                 device: str = "auto", image_size: dict[str, int] | None = None) -> None:
         """``image_size``: the image processor's ``size`` (``models.processor_size``), None for the
         checkpoint's own."""
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
         from vllm import LLM  # lazy: vLLM is an optional extra
 
         kwargs = {"mm_processor_kwargs": {"size": image_size}} if image_size else {}
-        if torch.cuda.is_available():
+        if resolve_device(device) == "cuda":  # vLLM's own build decides where it runs; CPU ignores this
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         self.llm = LLM(
             model=str(model_path), dtype=dtype, max_model_len=max_model_len, seed=seed,
@@ -108,9 +114,12 @@ class VLLMEngine:
         self.version = version
 
     def close(self) -> None:
+        """Stop the engine core (its process and KV cache) and free what the driver held."""
         llm, self.llm = getattr(self, "llm", None), None
-        if llm is not None:
-            del llm
-            import gc
-
-            gc.collect()
+        if llm is None:
+            return
+        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+        del llm, core
+        release_memory()
