@@ -59,7 +59,8 @@ def test_the_bounds_reach_the_processor(family_dir):
 
 def test_both_engines_get_the_bounds(family_dir, monkeypatch):
     family, path = family_dir
-    cfg = load_recipe(GPU[family], ["rollout.backend=hf", "model.dtype=float32", "model.attn_implementation=sdpa"])
+    cfg = load_recipe(GPU[family], ["rollout.backend=hf", "rollout.device=cpu", "model.dtype=float32",
+                                     "model.attn_implementation=sdpa"])  # the GPU recipe, on this CPU
     engine = rollout.make_engine(cfg.rollout, cfg.model, path)
     assert engine.processor.image_processor.size["longest_edge"] == 2048 * TOKEN_PX[family] ** 2
 
@@ -73,7 +74,7 @@ def test_both_engines_get_the_bounds(family_dir, monkeypatch):
 
     monkeypatch.setattr(rollout, "vllm_available", lambda: (True, ""))
     monkeypatch.setattr(vllm_engine, "VLLMEngine", FakeVLLM)
-    rollout.make_engine(load_recipe(GPU[family]).rollout, cfg.model, path)
+    rollout.make_engine(load_recipe(GPU[family], ["rollout.device=cpu"]).rollout, cfg.model, path)
     assert seen["image_size"] == cfg.model.pixel_bounds(TOKEN_PX[family])
 
 
