@@ -93,3 +93,15 @@ def test_recipe_must_be_inside_what_is_shipped(tmp_path):
     outside.write_text("run: {name: x}\n")
     with pytest.raises(sub.SubmitError, match="outside the shipped working_dir"):
         sub.shipped_recipe(outside, ROOT)
+
+
+def test_submit_cli_refuses_bad_input_before_contacting_the_cluster(tmp_path, capsys):
+    from awares_rl.cli import main
+
+    nowhere = ["--address", "http://127.0.0.1:9"]  # nothing listens: any contact would fail differently
+    outside = tmp_path / "smoke.yaml"
+    outside.write_text((ROOT / "recipes/smoke.yaml").read_text())
+    assert main(["submit", *nowhere, "--recipe", str(outside)]) == 1
+    assert "outside the shipped working_dir" in capsys.readouterr().err
+    assert main(["submit", *nowhere, "--recipe", str(ROOT / "recipes/smoke.yaml"), "grpo.steps=-1"]) == 2
+    assert "grpo.steps" in capsys.readouterr().err

@@ -5,6 +5,7 @@ its results.json; `awares-rl job status|logs|wait|stop` work on such jobs."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from awares_rl.config import load_recipe
+from cluster.resources import recipe_resources
 from tests.ray_head import start_head, stop_head
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,8 +64,10 @@ def bare_head():
     tmp = Path(tempfile.mkdtemp(prefix="rb", dir="/tmp"))  # Ray's socket paths must stay short
     try:
         py = _bare_python(tmp)
-        # CPUs: the driver's 1 + GRPO's learner, reference, rollout and reward actors (logical)
-        yield start_head(py, tmp, _bare_env(tmp, py.parent.parent), num_cpus=6), tmp / ".ray" / "auth_token", tmp
+        # what the smoke run holds at its peak: the driver's CPU + GRPO's learner, reference,
+        # rollout and reward actors (logical CPUs; the 2 cores take turns)
+        cpus = math.ceil(recipe_resources(load_recipe(str(ROOT / "recipes/smoke.yaml"))).peak("cpus"))
+        yield start_head(py, tmp, _bare_env(tmp, py.parent.parent), num_cpus=cpus), tmp / ".ray" / "auth_token", tmp
     finally:
         stop_head(tmp)
         shutil.rmtree(tmp, ignore_errors=True)
