@@ -21,6 +21,7 @@ from cluster.resources import (
     recipe_resources,
     unplaced,
 )
+from cluster.submit import EXCLUDES
 
 ROOT = Path(__file__).resolve().parents[1]
 GPU_RECIPES = ("recipes/qwen25vl_7b_gpu.yaml", "recipes/qwen3vl_8b_gpu.yaml")
@@ -60,7 +61,8 @@ def test_rayjob_structure(job):
     spec, cs = job["spec"], job["spec"]["rayClusterSpec"]
     assert set(spec) <= RAYJOB_SPEC and set(cs) <= CLUSTER_SPEC
     assert all(isinstance(spec[k], (int, float)) for k in ("entrypointNumCpus", "entrypointNumGpus"))
-    assert yaml.safe_load(spec["runtimeEnvYAML"])["working_dir"]
+    renv = yaml.safe_load(spec["runtimeEnvYAML"])  # the image's checkout, shipped as submit does
+    assert renv["working_dir"] and {".venv", ".git", "runs"} <= set(renv["excludes"]) <= set(EXCLUDES)
     for group in [cs["headGroupSpec"], *cs["workerGroupSpecs"]]:
         assert all(isinstance(v, str) for v in group["rayStartParams"].values())  # the CRD: strings
     for group in cs["workerGroupSpecs"]:
