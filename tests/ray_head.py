@@ -18,7 +18,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_head(python: Path | str, home: Path, env: dict[str, str], num_cpus: int) -> str:
+def start_head(python: Path | str, home: Path, env: dict[str, str], num_cpus: int, attempts: int = 2) -> str:
     """``ray start --head`` with ``python`` (its workers run it too), HOME=``home`` (the token goes
     to ``home/.ray/auth_token``); returns the dashboard address."""
     ray = [str(python), "-m", "ray.scripts.scripts"]
@@ -30,12 +30,13 @@ def start_head(python: Path | str, home: Path, env: dict[str, str], num_cpus: in
     cmd = [*ray, "start", "--head", f"--port={free_port()}", f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1",
            f"--num-cpus={num_cpus}", "--object-store-memory=300000000", f"--temp-dir={home}/ray",
            "--disable-usage-stats"]
-    out = subprocess.run(cmd, env={**env, "RAY_AUTH_MODE": "token"}, cwd=home, capture_output=True, text=True,
-                         timeout=300)
-    if out.returncode != 0:
-        stop_head(home)
-        raise RuntimeError(f"ray start --head failed: {out.stdout[-1500:]}{out.stderr[-1500:]}")
-    return f"http://127.0.0.1:{dash}"
+    for _ in range(attempts):
+        out = subprocess.run(cmd, env={**env, "RAY_AUTH_MODE": "token"}, cwd=home, capture_output=True, text=True,
+                             timeout=300)
+        if out.returncode == 0:
+            return f"http://127.0.0.1:{dash}"
+        stop_head(home)  # e.g. Ray's fixed 30 s for the raylet to register, missed on a loaded machine
+    raise RuntimeError(f"ray start --head failed {attempts} times: {out.stdout[-1500:]}{out.stderr[-1500:]}")
 
 
 def _own_pids(home: Path) -> list[int]:

@@ -105,3 +105,29 @@ def test_submit_cli_refuses_bad_input_before_contacting_the_cluster(tmp_path, ca
     assert "outside the shipped working_dir" in capsys.readouterr().err
     assert main(["submit", *nowhere, "--recipe", str(ROOT / "recipes/smoke.yaml"), "grpo.steps=-1"]) == 2
     assert "grpo.steps" in capsys.readouterr().err
+
+
+class _Recorder:
+    """Stands in for the cluster's JobSubmissionClient: records what submit_job is sent."""
+
+    def __init__(self):
+        self.sent = {}
+
+    def submit_job(self, **kwargs):
+        self.sent = kwargs
+        return "raysubmit_x"
+
+
+@pytest.mark.parametrize(("recipe", "cpus", "gpus"), [("recipes/smoke.yaml", 1, None),
+                                                       ("recipes/qwen25vl_7b_gpu.yaml", 4, 1)])
+def test_submit_reserves_the_drivers_share(monkeypatch, capsys, recipe, cpus, gpus):
+    from awares_rl.cli import main
+
+    rec = _Recorder()
+    monkeypatch.setattr(sub, "client", lambda address: rec)
+    monkeypatch.chdir(ROOT)
+    assert main(["submit", "--address", "http://h:8265", "--recipe", recipe]) == 0
+    assert capsys.readouterr().out.strip() == "raysubmit_x"
+    assert (rec.sent["entrypoint_num_cpus"], rec.sent["entrypoint_num_gpus"]) == (cpus, gpus)
+    assert rec.sent["entrypoint"] == f"python -m awares_rl.cli run {recipe}"
+    assert rec.sent["runtime_env"]["working_dir"] == "."

@@ -43,7 +43,8 @@ def _bare_python(root: Path) -> Path:
     py = venv / "bin" / "python"
     site = subprocess.check_output([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                    text=True, timeout=60).strip()
-    Path(site, "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    ours = dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib"))
+    Path(site, "deps.pth").write_text("".join(f"{d}\n" for d in ours))
     env = _bare_env(root, venv)
     deps = subprocess.run([py, "-c", "import ray, torch, transformers"], env=env, cwd=root, capture_output=True,
                           text=True, timeout=120)
