@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_recipe_args(p)
     p.set_defaults(func=_show_config)
 
+    from awares_rl.commands.cluster import add_cluster_parsers
     from awares_rl.commands.data import add_data_parsers
     from awares_rl.commands.run import add_pretrain_parser, add_run_parser
     from awares_rl.commands.serve_reward import add_serve_reward_parser
@@ -56,7 +57,6 @@ def build_parser() -> argparse.ArgumentParser:
         add_sft_parser,
         add_sweep_parser,
     )
-    from cluster.submit import add_cluster_parsers
 
     for adder in (add_data_parsers, add_pretrain_parser, add_sft_parser, add_grpo_parser, add_eval_parser,
                   add_run_parser, add_sweep_parser, add_serve_reward_parser, add_cluster_parsers):
@@ -86,9 +86,10 @@ def input_errors() -> tuple[type[Exception], ...]:
     from awares_rl.core.images import ImageError
     from awares_rl.core.sample import SampleError
     from awares_rl.core.trajectory import TrajectoryError
+    from cluster.submit import SubmitError
     from data_pipeline.datasets import ConvertError
 
-    return SampleError, TrajectoryError, ImageError, CheckpointFormatError, ConvertError
+    return SampleError, TrajectoryError, ImageError, CheckpointFormatError, ConvertError, SubmitError
 
 
 if __name__ == "__main__":

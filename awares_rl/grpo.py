@@ -45,7 +45,7 @@ from awares_rl.sampling import PromptSampler, sampling_seed
 from awares_rl.tracking import episode_metrics, log_step, stage_tracker, truncate_metrics
 from awares_rl.workspace import ensure_data
 from cluster.actor_group import ActorGroup, ensure_ray, log_to_driver, split_evenly
-from cluster.resources import ActorAsk, check_resources, totals
+from cluster.resources import Bundle, check_resources, recipe_resources, totals
 from data_pipeline.datasets import read_samples
 from reward.service import RewardPool
 
@@ -146,15 +146,10 @@ def attach_logprobs(seqs: list[TokenSequence], key: str, scorer: ActorGroup) -> 
         setattr(seq, key, lp)
 
 
-def grpo_asks(cfg: RecipeConfig) -> list[ActorAsk]:
-    """The Ray actors a GRPO run creates: learners (unless in the driver), rollout workers, reward
-    actors and, with a KL term, the reference scorer."""
-    lc = cfg.learner
-    asks = [ActorAsk.of("learner", lc), ActorAsk.of("rollout", cfg.rollout), ActorAsk.of("reward", cfg.reward)]
-    if cfg.grpo.kl_coef > 0:
-        asks.append(ActorAsk("reference", 1, lc.cpus_per_worker, lc.gpus_per_worker,
-                             "learner.cpus_per_worker, learner.gpus_per_worker; grpo.kl_coef > 0 adds it"))
-    return [a for a in asks if lc.use_ray or a.role not in ("learner", "reference")]
+def grpo_asks(cfg: RecipeConfig) -> list[Bundle]:
+    """The Ray actors a GRPO run creates (``recipe_resources``' grpo stage): learners (unless in the
+    driver), rollout workers, reward actors and, with a KL term, the reference scorer."""
+    return recipe_resources(cfg).stages["grpo"]
 
 
 def grpo_cpus(cfg: RecipeConfig) -> float:

@@ -39,7 +39,7 @@ from awares_rl.sampling import PromptSampler
 from awares_rl.tracking import log_step, stage_tracker, truncate_metrics
 from awares_rl.workspace import base_model
 from cluster.actor_group import ActorGroup, ensure_ray
-from cluster.resources import ActorAsk, check_resources
+from cluster.resources import check_resources, recipe_resources
 
 if TYPE_CHECKING:
     from awares_rl.config import RecipeConfig
@@ -99,7 +99,7 @@ def learner_group(cfg: RecipeConfig, model_dir: Path) -> ActorGroup:
                           min_lr_ratio=s.min_lr_ratio, weight_decay=s.weight_decay, grad_clip=s.grad_clip)
     if lc.use_ray:
         ensure_ray()
-        check_resources([ActorAsk.of("learner", lc)])  # before placement, which would wait forever
+        check_resources(recipe_resources(cfg).stages["sft"])  # before placement, which would wait forever
     return ActorGroup(LearnerWorker, lc.num_workers, str(model_dir), lc, optim, cfg.model, cfg.run.seed,
                       cpus_per_actor=lc.cpus_per_worker, gpus_per_actor=lc.gpus_per_worker,
                       in_process=not lc.use_ray)

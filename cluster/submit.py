@@ -1,4 +1,9 @@
-"""Submit a recipe to a Ray cluster as a Ray Job; status, logs and stop.
+"""Ship the project and a recipe to a Ray cluster as a Ray Job; status, logs and stop.
+
+The job carries its code: ``working_dir`` is the checkout (uploaded by Ray, without venvs, runs
+and caches), the job's cwd and on every worker's PYTHONPATH, so a cluster needs only the
+dependencies (``--pip FILE`` installs pinned ones it lacks). The awares-rl CLI glue is in
+``awares_rl/commands/cluster.py``.
 
 Keep token authentication on (Ray 2.60: ``ray get-auth-token --generate`` then
 ``RAY_AUTH_MODE=token ray start --head``); ``client()`` finds the token (``RAY_AUTH_TOKEN``,
@@ -12,8 +17,14 @@ import shlex
 import time
 from pathlib import Path
 
-EXCLUDES = [".venv", ".git", "runs", "wandb", ".cache", "__pycache__", "*.egg-info", ".whl", ".gl"]
+# Never shipped (Ray also skips what .gitignore names): environments, run outputs, caches.
+EXCLUDES = [".venv", ".git", "runs", "wandb", ".cache", "__pycache__", "*.egg-info", ".whl", ".gl",
+            ".pytest_cache", ".ruff_cache"]
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+
+
+class SubmitError(ValueError):
+    """What is to be shipped is wrong (a recipe, the checkout, a requirements file): names it and the fix."""
 
 
 def auth_token() -> str | None:
@@ -42,26 +53,73 @@ def entrypoint(command: str, recipe: str, overrides: list[str]) -> str:
     return " ".join(shlex.quote(p) for p in parts)
 
 
+def read_requirements(path: str | Path) -> list[str]:
+    """The pins of a pip requirements file (``name==version`` or ``name @ url`` lines; comments and
+    blank lines skipped), for a cluster that lacks them."""
+    file = Path(path)
+    if not file.is_file():
+        raise SubmitError(f"requirements file {file} not found; pass a pip requirements file, e.g. --pip constraints.txt")
+    reqs = [r for r in (line.split("#")[0].strip() for line in file.read_text().splitlines()) if r]
+    loose = [r for r in reqs if "==" not in r and " @ " not in r]
+    if loose:
+        raise SubmitError(f"{file}: {loose} not pinned; write name==version so every node installs the same")
+    return reqs
+
+
+def runtime_env(working_dir: str | Path = ".", env: dict[str, str] | None = None,
+                pip: str | Path | None = None) -> dict:
+    """The job's runtime_env: the checkout ``working_dir``, env vars and, with ``pip``, a
+    requirements file's pins installed on the nodes."""
+    root = Path(working_dir)
+    if not (root / "awares_rl" / "__init__.py").is_file():
+        raise SubmitError(f"working_dir {root.resolve()} is not an awares-rl checkout (no awares_rl/__init__.py); "
+                                "run from the repository root or pass --working-dir")
+    renv = {"working_dir": str(root), "excludes": EXCLUDES,
+            "env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}}
+    if pip:
+        renv["pip"] = {"packages": read_requirements(pip), "pip_check": False}
+    return renv
+
+
+def shipped_recipe(recipe: str | Path, working_dir: str | Path) -> str:
+    """``recipe`` as the job sees it: its path inside the shipped ``working_dir``."""
+    path, root = Path(recipe).resolve(), Path(working_dir).resolve()
+    if not path.is_file():
+        raise SubmitError(f"recipe {recipe} not found; pass a path like recipes/tiny_cpu.yaml")
+    if not path.is_relative_to(root):
+        raise SubmitError(f"recipe {recipe} is outside the shipped working_dir {root}; copy it under {root}")
+    return str(path.relative_to(root))
+
+
 def submit(address: str, recipe: str, overrides: list[str] | None = None, command: str = "run",
-           working_dir: str = ".", env: dict[str, str] | None = None) -> str:
-    """Upload ``working_dir`` (code and recipes, no venv/runs) and start the job; returns its id."""
-    if not Path(recipe).is_file():
-        raise FileNotFoundError(f"recipe {recipe} not found; pass a path like recipes/tiny_cpu.yaml")
-    runtime_env = {"working_dir": working_dir, "excludes": EXCLUDES,
-                   "env_vars": {"HF_HUB_OFFLINE": "1", **(env or {})}}
-    return client(address).submit_job(entrypoint=entrypoint(command, recipe, list(overrides or [])),
-                                      runtime_env=runtime_env)
+           working_dir: str = ".", env: dict[str, str] | None = None, pip: str | None = None,
+           entrypoint_cpus: float | None = None, entrypoint_gpus: float | None = None) -> str:
+    """Ship ``working_dir`` and start the job; returns its id. ``entrypoint_cpus``/``_gpus``
+    reserve the driver's share, which places it on a node that has it (``cluster.resources``)."""
+    rel = shipped_recipe(recipe, working_dir)
+    return client(address).submit_job(entrypoint=entrypoint(command, rel, list(overrides or [])),
+                                      runtime_env=runtime_env(working_dir, env, pip),
+                                      entrypoint_num_cpus=entrypoint_cpus, entrypoint_num_gpus=entrypoint_gpus)
 
 
-def wait(address: str, job_id: str, timeout_s: float = 3600, poll_s: float = 2.0) -> str:
-    """Block until the job ends (or ``timeout_s``); returns its final status name."""
-    c, deadline = client(address), time.monotonic() + timeout_s
+def status(address: str, job_id: str) -> str:
+    """The job's status name: PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED."""
+    return str(client(address).get_job_status(job_id)).split(".")[-1]
+
+
+def wait(address: str, job_id: str, timeout_s: float = 3600, poll_s: float = 2.0,
+         until: tuple[str, ...] = TERMINAL) -> str:
+    """Block until the job's status is one of ``until`` (default: it ended) and return it; a
+    TimeoutError names the job, the status it stayed in and what was awaited."""
+    deadline = time.monotonic() + timeout_s
     while True:
-        status = str(c.get_job_status(job_id)).split(".")[-1]
-        if status in TERMINAL:
-            return status
+        now = status(address, job_id)
+        if now in until:
+            return now
+        if now in TERMINAL:
+            raise RuntimeError(f"job {job_id} ended {now} while waiting for {'/'.join(until)}")
         if time.monotonic() > deadline:
-            raise TimeoutError(f"job {job_id} still {status} after {timeout_s:.0f} s")
+            raise TimeoutError(f"job {job_id} still {now} after {timeout_s:.0f} s waiting for {'/'.join(until)}")
         time.sleep(poll_s)
 
 
@@ -69,42 +127,7 @@ def logs(address: str, job_id: str) -> str:
     return client(address).get_job_logs(job_id)
 
 
-def stop(address: str, job_id: str) -> bool:
-    return client(address).stop_job(job_id)
-
-
-def add_cluster_parsers(sub) -> None:
-    """``awares-rl submit`` and ``awares-rl job {status,logs,stop}``."""
-    p = sub.add_parser("submit", help="submit a recipe to a Ray cluster as a Ray Job")
-    p.add_argument("--address", default=os.environ.get("RAY_ADDRESS", "http://127.0.0.1:8265"))
-    p.add_argument("--recipe", required=True)
-    p.add_argument("--command", default="run", help="awares-rl sub-command the job runs")
-    p.add_argument("--wait", action="store_true", help="wait for the job and print its logs")
-    p.add_argument("overrides", nargs="*")
-    p.set_defaults(func=_submit_cmd)
-    j = sub.add_parser("job", help="status / logs / stop of a submitted job")
-    j.add_argument("action", choices=("status", "logs", "stop"))
-    j.add_argument("job_id")
-    j.add_argument("--address", default=os.environ.get("RAY_ADDRESS", "http://127.0.0.1:8265"))
-    j.set_defaults(func=_job_cmd)
-
-
-def _submit_cmd(args) -> int:
-    job_id = submit(args.address, args.recipe, args.overrides, args.command)
-    print(job_id)
-    if args.wait:
-        status = wait(args.address, job_id)
-        print(logs(args.address, job_id))
-        print(f"job {job_id}: {status}")
-        return 0 if status == "SUCCEEDED" else 1
-    return 0
-
-
-def _job_cmd(args) -> int:
-    if args.action == "status":
-        print(str(client(args.address).get_job_status(args.job_id)).split(".")[-1])
-    elif args.action == "logs":
-        print(logs(args.address, args.job_id))
-    else:
-        print(stop(args.address, args.job_id))
-    return 0
+def stop(address: str, job_id: str, timeout_s: float = 120) -> str:
+    """Ask the job to stop and wait until it has ended; returns its final status."""
+    client(address).stop_job(job_id)
+    return wait(address, job_id, timeout_s, poll_s=1.0)

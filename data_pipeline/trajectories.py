@@ -387,12 +387,12 @@ def ray_process(worker_args: tuple, num_workers: int, rollout, root, out_dir, sp
     import ray
 
     from cluster.actor_group import ActorGroup
-    from cluster.resources import ActorAsk, check_resources
+    from cluster.resources import Bundle, check_resources
 
     def process(batches: list[list[Sample]]) -> Iterator[list[Trajectory | Skipped]]:
         if not ray.is_initialized():
             ray.init(include_dashboard=False, log_to_driver=False)
-        check_resources([ActorAsk("trajectory worker", num_workers, rollout.cpus_per_worker, rollout.gpus_per_worker,
+        check_resources([Bundle("trajectory worker", num_workers, rollout.cpus_per_worker, rollout.gpus_per_worker,
                                   "trajectories.num_workers, rollout.cpus_per_worker, rollout.gpus_per_worker")])
         group = ActorGroup(TrajectoryWorker, num_workers, *worker_args,
                            cpus_per_actor=rollout.cpus_per_worker, gpus_per_actor=rollout.gpus_per_worker)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from awares_rl.config import load_recipe
-from cluster.resources import ActorAsk, ResourceError, check_resources, shortfalls
+from cluster.resources import Bundle, ResourceError, check_resources, shortfalls
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "tiny_cpu.yaml"
 
@@ -35,7 +35,7 @@ def ray_2cpu():
 
 
 def test_shortfalls_totals_and_largest_node():
-    asks = [ActorAsk("learner", 2, 4, 1, "learner.num_workers"), ActorAsk("rollout", 1, 1, 0, "rollout.num_workers")]
+    asks = [Bundle("learner", 2, 4, 1, "learner.num_workers"), Bundle("rollout", 1, 1, 0, "rollout.num_workers")]
     assert shortfalls(asks, {"CPU": 16, "GPU": 2}, [{"CPU": 8, "GPU": 1}, {"CPU": 8, "GPU": 1}]) == []
     got = shortfalls(asks, {"CPU": 16, "GPU": 2}, [{"CPU": 16, "GPU": 0}, {"CPU": 2, "GPU": 2}])
     assert got == ["one learner actor needs 4 CPU and 1 GPU on one node; the largest node has 16 CPU, 2 GPU"]
@@ -46,10 +46,10 @@ def test_shortfalls_totals_and_largest_node():
 
 def test_of_reads_a_section_and_names_its_keys():
     cfg = load_recipe(RECIPE, ["learner.num_workers=2", "learner.gpus_per_worker=0.5"])
-    ask = ActorAsk.of("learner", cfg.learner)
+    ask = Bundle.of("learner", cfg.learner)
     assert (ask.count, ask.cpus, ask.gpus) == (2, cfg.learner.cpus_per_worker, 0.5)
     assert ask.keys == "learner.num_workers, learner.cpus_per_worker, learner.gpus_per_worker"
-    assert ActorAsk.of("reward", cfg.reward).keys == "reward.num_workers, reward.cpus_per_worker"
+    assert Bundle.of("reward", cfg.reward).keys == "reward.num_workers, reward.cpus_per_worker"
 
 
 def test_grpo_recipe_asking_for_gpus_fails_fast_on_a_cpu_cluster(ray_2cpu):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -13,33 +12,19 @@ from pathlib import Path
 import pytest
 
 from cluster import submit as sub
+from tests.ray_head import start_head, stop_head
 
 ROOT = Path(__file__).resolve().parents[1]
-RAY = str(Path(sys.executable).parent / "ray")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def ray_head():
-    tmp = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # Ray's socket paths must stay short
-    env = {**os.environ, "HOME": tmp, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    env.pop("RAY_AUTH_MODE", None)
-    # Ray 2.60's `ray start --head` turns token auth on only when a token exists: make one first.
-    subprocess.run([RAY, "get-auth-token", "--generate"], env=env, check=True, capture_output=True, timeout=60)
-    env["RAY_AUTH_MODE"] = "token"
-    dash = _free_port()
-    cmd = [RAY, "start", "--head", f"--port={_free_port()}", f"--dashboard-port={dash}",
-           "--dashboard-host=127.0.0.1", "--num-cpus=1", f"--temp-dir={tmp}/ray", "--disable-usage-stats"]
-    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=180)
+    tmp = Path(tempfile.mkdtemp(prefix="rh", dir="/tmp"))  # Ray's socket paths must stay short
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     try:
-        yield f"http://127.0.0.1:{dash}", Path(tmp) / ".ray" / "auth_token"
+        yield start_head(sys.executable, tmp, env, num_cpus=1), tmp / ".ray" / "auth_token"
     finally:
-        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        stop_head(tmp)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -50,7 +35,7 @@ def test_entrypoint_quotes_overrides():
 
 
 def test_missing_recipe_is_refused():
-    with pytest.raises(FileNotFoundError, match="recipes/tiny_cpu.yaml"):
+    with pytest.raises(sub.SubmitError, match="recipes/tiny_cpu.yaml"):
         sub.submit("http://127.0.0.1:1", "recipes/nope.yaml")
 
 
@@ -80,3 +65,69 @@ def test_cluster_refuses_a_client_without_the_token(ray_head, tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0
     assert any(w in (out.stderr + out.stdout).lower() for w in ("auth", "token", "401", "403"))
+
+
+def test_runtime_env_ships_the_checkout_without_venvs_and_runs(tmp_path):
+    renv = sub.runtime_env(ROOT)
+    assert renv["working_dir"] == str(ROOT) and {".venv", "runs", ".cache", ".git"} <= set(renv["excludes"])
+    assert renv["env_vars"]["HF_HUB_OFFLINE"] == "1" and "pip" not in renv
+    with pytest.raises(sub.SubmitError, match="not an awares-rl checkout.*--working-dir"):
+        sub.runtime_env(tmp_path)
+
+
+def test_pip_pins_are_read_and_loose_ones_refused(tmp_path):
+    reqs = tmp_path / "req.txt"
+    reqs.write_text("# pins\nray==2.60.0  # the cluster's\n\nfoo @ https://x/foo.whl\n")
+    assert sub.runtime_env(ROOT, pip=reqs)["pip"] == {"packages": ["ray==2.60.0", "foo @ https://x/foo.whl"],
+                                                     "pip_check": False}
+    reqs.write_text("ray>=2.0\n")
+    with pytest.raises(sub.SubmitError, match=r"\['ray>=2.0'\] not pinned; write name==version"):
+        sub.read_requirements(reqs)
+    with pytest.raises(sub.SubmitError, match="nope.txt not found"):
+        sub.read_requirements(tmp_path / "nope.txt")
+
+
+def test_recipe_must_be_inside_what_is_shipped(tmp_path):
+    assert sub.shipped_recipe(ROOT / "recipes/smoke.yaml", ROOT) == "recipes/smoke.yaml"
+    outside = tmp_path / "r.yaml"
+    outside.write_text("run: {name: x}\n")
+    with pytest.raises(sub.SubmitError, match="outside the shipped working_dir"):
+        sub.shipped_recipe(outside, ROOT)
+
+
+def test_submit_cli_refuses_bad_input_before_contacting_the_cluster(tmp_path, capsys):
+    from awares_rl.cli import main
+
+    nowhere = ["--address", "http://127.0.0.1:9"]  # nothing listens: any contact would fail differently
+    outside = tmp_path / "smoke.yaml"
+    outside.write_text((ROOT / "recipes/smoke.yaml").read_text())
+    assert main(["submit", *nowhere, "--recipe", str(outside)]) == 1
+    assert "outside the shipped working_dir" in capsys.readouterr().err
+    assert main(["submit", *nowhere, "--recipe", str(ROOT / "recipes/smoke.yaml"), "grpo.steps=-1"]) == 2
+    assert "grpo.steps" in capsys.readouterr().err
+
+
+class _Recorder:
+    """Stands in for the cluster's JobSubmissionClient: records what submit_job is sent."""
+
+    def __init__(self):
+        self.sent = {}
+
+    def submit_job(self, **kwargs):
+        self.sent = kwargs
+        return "raysubmit_x"
+
+
+@pytest.mark.parametrize(("recipe", "cpus", "gpus"), [("recipes/smoke.yaml", 1, None),
+                                                       ("recipes/qwen25vl_7b_gpu.yaml", 4, 1)])
+def test_submit_reserves_the_drivers_share(monkeypatch, capsys, recipe, cpus, gpus):
+    from awares_rl.cli import main
+
+    rec = _Recorder()
+    monkeypatch.setattr(sub, "client", lambda address: rec)
+    monkeypatch.chdir(ROOT)
+    assert main(["submit", "--address", "http://h:8265", "--recipe", recipe]) == 0
+    assert capsys.readouterr().out.strip() == "raysubmit_x"
+    assert (rec.sent["entrypoint_num_cpus"], rec.sent["entrypoint_num_gpus"]) == (cpus, gpus)
+    assert rec.sent["entrypoint"] == f"python -m awares_rl.cli run {recipe}"
+    assert rec.sent["runtime_env"]["working_dir"] == "."
