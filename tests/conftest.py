@@ -4,6 +4,8 @@ use the crop tool."""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -137,3 +139,15 @@ def start_server(config: uvicorn.Config) -> tuple[uvicorn.Server, threading.Thre
         time.sleep(0.02)
     assert server.started, "uvicorn did not start"
     return server, thread, f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """A local Ray for one test module (2 CPUs, its own short temp dir)."""
+    import ray
+
+    tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit 107 chars
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=tmp, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+    shutil.rmtree(tmp, ignore_errors=True)

@@ -4,8 +4,6 @@ placement group), restarts after an actor dies, and chunks dealt round-robin in 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 
@@ -38,17 +36,6 @@ class Probe:
             open(self.marker, "w").close()
             os._exit(1)
         return os.getpid()
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit 107 chars
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=tmp, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_group_placement_ranks_and_split(ray_session):

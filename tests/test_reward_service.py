@@ -4,9 +4,7 @@ and the Ray actor pool on a real local Ray session."""
 from __future__ import annotations
 
 import json
-import shutil
 import socket
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -283,17 +281,6 @@ def test_cli_config_and_refusal(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("AWARES_REWARD_TOKEN", raising=False)
     assert main(["serve-reward", "--local"]) == 2
     assert "without a token" in capsys.readouterr().err
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit 107 chars
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=tmp, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_ray_pool_fans_out_and_keeps_order(ray_session):
