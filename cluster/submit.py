@@ -21,6 +21,9 @@ from pathlib import Path
 EXCLUDES = [".venv", ".git", "runs", "wandb", ".cache", "__pycache__", "*.egg-info", ".whl", ".gl",
             ".pytest_cache", ".ruff_cache"]
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+# A head just started has no job agent yet and answers 500 "No available agent to submit job,
+# please try again later"; submit retries that (and only that) this long.
+AGENT_WAIT_S = float(os.environ.get("AWARES_JOB_AGENT_TIMEOUT_S", "180"))
 
 
 class SubmitError(ValueError):
@@ -97,9 +100,33 @@ def submit(address: str, recipe: str, overrides: list[str] | None = None, comman
     """Ship ``working_dir`` and start the job; returns its id. ``entrypoint_cpus``/``_gpus``
     reserve the driver's share, which places it on a node that has it (``cluster.resources``)."""
     rel = shipped_recipe(recipe, working_dir)
-    return client(address).submit_job(entrypoint=entrypoint(command, rel, list(overrides or [])),
-                                      runtime_env=runtime_env(working_dir, env, pip),
-                                      entrypoint_num_cpus=entrypoint_cpus, entrypoint_num_gpus=entrypoint_gpus)
+    jobs, renv = client(address), runtime_env(working_dir, env, pip)
+    return when_agent_ready(lambda: jobs.submit_job(
+        entrypoint=entrypoint(command, rel, list(overrides or [])), runtime_env=renv,
+        entrypoint_num_cpus=entrypoint_cpus, entrypoint_num_gpus=entrypoint_gpus), address)
+
+
+def no_agent_yet(error: BaseException) -> bool:
+    """Ray's answer while the head has no job agent registered yet (a head just started)."""
+    return "No available agent" in str(error)
+
+
+def when_agent_ready(call, address: str, timeout_s: float | None = None, poll_s: float = 2.0):
+    """``call()``, retried every ``poll_s`` while the head at ``address`` has no job agent yet; a
+    TimeoutError after ``timeout_s`` (default ``AWARES_JOB_AGENT_TIMEOUT_S``, 180 s) names what it
+    waited for. Any other error is raised at once."""
+    from tenacity import RetryError, Retrying, retry_if_exception, stop_after_delay, wait_fixed
+
+    limit = AGENT_WAIT_S if timeout_s is None else timeout_s
+    try:
+        for attempt in Retrying(retry=retry_if_exception(no_agent_yet), stop=stop_after_delay(limit),
+                                wait=wait_fixed(poll_s)):
+            with attempt:
+                return call()
+    except RetryError as e:
+        raise TimeoutError(f"the Ray head at {address} had no job agent after {limit:.0f} s (its dashboard agent "
+                           "has not registered); check `ray status` on the head, or raise "
+                           "AWARES_JOB_AGENT_TIMEOUT_S") from e.last_attempt.exception()
 
 
 def status(address: str, job_id: str) -> str:

@@ -131,3 +131,34 @@ def test_submit_reserves_the_drivers_share(monkeypatch, capsys, recipe, cpus, gp
     assert (rec.sent["entrypoint_num_cpus"], rec.sent["entrypoint_num_gpus"]) == (cpus, gpus)
     assert rec.sent["entrypoint"] == f"python -m awares_rl.cli run {recipe}"
     assert rec.sent["runtime_env"]["working_dir"] == "."
+
+
+def test_submit_waits_for_a_job_agent_then_gives_up_naming_it():
+    """A head just started answers "No available agent" (CI saw it): that is retried, other errors
+    are not, and the wait ends in a TimeoutError naming the head and the setting."""
+    calls = []
+
+    def agent_late():
+        calls.append(1)
+        if len(calls) < 3:
+            raise RuntimeError("Request failed with status code 500: No available agent to submit job, "
+                               "please try again later..")
+        return "raysubmit_1"
+
+    assert sub.when_agent_ready(agent_late, "http://h:8265", timeout_s=10, poll_s=0.01) == "raysubmit_1"
+    assert len(calls) == 3
+
+    def never():
+        raise RuntimeError("Request failed with status code 500: No available agent to submit job")
+
+    with pytest.raises(TimeoutError, match="http://h:8265.*AWARES_JOB_AGENT_TIMEOUT_S"):
+        sub.when_agent_ready(never, "http://h:8265", timeout_s=0.1, poll_s=0.02)
+
+    def bad_request():
+        calls.append(1)
+        raise RuntimeError("Request failed with status code 400: bad runtime_env")
+
+    calls.clear()
+    with pytest.raises(RuntimeError, match="400"):
+        sub.when_agent_ready(bad_request, "http://h:8265", timeout_s=10, poll_s=0.01)
+    assert len(calls) == 1
