@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from awares_rl.core.config_io import ConfigError, apply_overrides, build
+from reward.embedding import EMBEDDING_BACKENDS
 from reward.judges import BENCHMARK_JUDGES, CORRECT_THRESHOLD, JUDGES, is_correct, route_judge
 from reward.llm_judge import DEFAULT_PROMPT
 
@@ -45,6 +46,9 @@ class RewardConfig:
     lam: float = 0.05  # cost per crop requested
     format_penalty: float = -0.5  # added (<= 0) when turn 1 was a malformed GET_CROPS call
     embedding_model: str | None = None  # local sentence-transformers dir; None = packaged MiniLM
+    # what runs the embedding model: "torch", "onnx" (same scores, ONNX Runtime) or "onnx-int8"
+    # (int8 weights: faster, scores off by up to ~0.05); reward.embedding.EMBEDDING_BACKENDS
+    embedding_backend: str = "torch"
     llm_base_url: str = "http://127.0.0.1:8000/v1"  # OpenAI-compatible endpoint (with /v1)
     llm_model: str = ""  # served model name; "" = the endpoint's first /v1/models entry
     llm_api_key_env: str | None = "OPENAI_API_KEY"  # env var holding the key (unset = no key)
@@ -91,6 +95,8 @@ class RewardConfig:
         self._require(0 < self.correct_threshold <= 1, "correct_threshold",
                       "must be in (0, 1]: judge scores lie in [0, 1] (0.5 is the default)")
         self._check_judges()
+        self._require(self.embedding_backend in EMBEDDING_BACKENDS, "embedding_backend",
+                      f"choose one of {list(EMBEDDING_BACKENDS)} (torch is the reference)")
         for name in ("num_workers", "batch_size", "max_body_bytes", "max_connections"):
             self._require(getattr(self, name) >= 1, name, "must be >= 1")
         self._require(self.cpus_per_worker > 0, "cpus_per_worker", "must be > 0")

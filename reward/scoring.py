@@ -87,7 +87,11 @@ class RewardRequest:
 def judge_kwargs(name: str, cfg: RewardConfig) -> dict:
     """Keyword arguments the config gives judge ``name``."""
     if name == "embedding_cosine":
-        return {"model_path": cfg.embedding_model, "batch_size": cfg.batch_size}
+        return {
+            "model_path": cfg.embedding_model,
+            "batch_size": cfg.batch_size,
+            "backend": cfg.embedding_backend,
+        }
     if name != "llm_judge":
         return {}
     fallback = None

@@ -70,7 +70,7 @@ class RewardService:
 
             if self.num_threads:
                 torch.set_num_threads(self.num_threads)
-            load_encoder(self.cfg.embedding_model)
+            load_encoder(self.cfg.embedding_model, self.cfg.embedding_backend)
         return self.health()
 
     def score(self, items: Sequence[Item]) -> list[RewardParts]:
