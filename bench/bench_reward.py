@@ -8,6 +8,8 @@
    ``grpo`` (G=8 episodes a prompt share the references and draw their answers from 4
    candidates, as short VQA answers do; each call encodes its distinct strings once).
    Each is run at every ``--threads`` count (1 thread wins when other processes share the cores).
+   The other ``--backends`` (reward.embedding_backend: onnx, onnx-int8) run ``unique`` at every
+   thread count too, with ``max_abs_diff_vs_torch``: their worst score gap to torch fp32 there.
 2. HTTP: ``awares-rl serve-reward`` in a subprocess, ``--local`` (one scorer) and on a Ray pool of
    ``--workers`` 1-CPU actors, loaded from a separate client process on loopback
    (``--concurrency`` threads, ``--items`` GRPO-like answers a request, bounded by ``--seconds``
@@ -58,20 +60,30 @@ def grpo_batch(
     return preds, refs
 
 
-def bench_judge(name: str, preds: list[str], refs: list[list[str]], batch: int) -> dict:
+def bench_judge(
+    name: str, preds: list[str], refs: list[list[str]], batch: int, **kwargs: object
+) -> tuple[dict, list[float]]:
+    """(timing row, scores) of judge ``name`` called on ``batch`` answers at a time."""
+    import functools
+
     from reward.judges import get_judge
 
-    judge = get_judge(name)
+    judge = functools.partial(get_judge(name), **kwargs)
     judge(preds[:batch], refs[:batch])  # warm-up (loads the embedding model)
-    start = time.perf_counter()
+    scores: list[float] = []
+    start, cpu_start = time.perf_counter(), time.process_time()
     for i in range(0, len(preds), batch):
-        judge(preds[i : i + batch], refs[i : i + batch])
-    seconds = time.perf_counter() - start
-    return {
+        scores += judge(preds[i : i + batch], refs[i : i + batch])
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    row = {
         "answers": len(preds),
         "seconds": round(seconds, 3),
         "answers_per_s": round(len(preds) / seconds, 1),
+        # per second of CPU this process got (all its threads): what one idle core would do,
+        # much less sensitive than answers_per_s to other processes sharing the cores
+        "answers_per_cpu_s": round(len(preds) / max(cpu_seconds, 1e-9), 1),
     }
+    return row, scores
 
 
 def encodes_per_answer(preds: list[str], refs: list[list[str]], batch: int) -> float:
@@ -82,21 +94,30 @@ def encodes_per_answer(preds: list[str], refs: list[list[str]], batch: int) -> f
     return round(distinct / len(preds), 3)
 
 
-def local_judges(n: int, batch: int, thread_counts: list[int]) -> dict:
+def local_judges(n: int, batch: int, thread_counts: list[int], backends: list[str]) -> dict:
     import torch
 
     preds, refs = unique_batch(n, seed=0)
     exact = [[p] if i % 2 else r for i, (p, r) in enumerate(zip(preds, refs, strict=True))]
     out = {}
     for name in ("exact_match", "anls", "relaxed_accuracy", "vqa_accuracy", "ocrbench"):
-        out[name] = bench_judge(name, preds, exact, batch)
+        out[name] = bench_judge(name, preds, exact, batch)[0]
         print(name, out[name], flush=True)
+    reference: list[float] = []  # torch fp32 scores of the unique answers (first thread count)
     for threads in thread_counts:
         torch.set_num_threads(threads)
         for scenario, (p, r) in (("unique", unique_batch(n, 1)), ("grpo", grpo_batch(n, 2))):
             key = f"embedding_cosine/{scenario}/threads={threads}"
-            out[key] = bench_judge("embedding_cosine", p, r, batch)
+            out[key], scores = bench_judge("embedding_cosine", p, r, batch)
             out[key]["encodes_per_answer"] = encodes_per_answer(p, r, batch)
+            reference = reference or (scores if scenario == "unique" else [])
+            print(key, out[key], flush=True)
+        for backend in (b for b in backends if b != "torch"):
+            key = f"embedding_cosine[{backend}]/unique/threads={threads}"
+            p, r = unique_batch(n, 1)
+            out[key], scores = bench_judge("embedding_cosine", p, r, batch, backend=backend)
+            gaps = [abs(a - b) for a, b in zip(scores, reference, strict=True)]
+            out[key]["max_abs_diff_vs_torch"] = round(max(gaps), 5)
             print(key, out[key], flush=True)
     return out
 
@@ -163,9 +184,12 @@ def _pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))] if s else float("nan")
 
 
-def http_bench(judge: str, server_kind: str, args: argparse.Namespace) -> dict:
+def http_bench(
+    judge: str, server_kind: str, args: argparse.Namespace, backend: str = "torch"
+) -> dict:
     """``server_kind``: "local" (one in-process scorer, ``--threads`` torch threads) or "ray"
-    (a RewardPool of ``--workers`` actors with 1 CPU and 1 thread each)."""
+    (a RewardPool of ``--workers`` actors with 1 CPU and 1 thread each); ``backend``:
+    reward.embedding_backend."""
     items, concurrency, seconds = args.items, args.concurrency, args.seconds
     token, port = secrets.token_urlsafe(16), _free_port()
     env = {**os.environ, "AWARES_REWARD_TOKEN": token, "RAY_TMPDIR": "/tmp"}
@@ -174,7 +198,7 @@ def http_bench(judge: str, server_kind: str, args: argparse.Namespace) -> dict:
         cmd += ["--local", f"reward.cpus_per_worker={args.threads}"]
     else:
         cmd += [f"reward.num_workers={args.workers}", "reward.cpus_per_worker=1"]
-    cmd.append(f"reward.judge={judge}")
+    cmd += [f"reward.judge={judge}", f"reward.embedding_backend={backend}"]
     log = tempfile.NamedTemporaryFile("w+", prefix="reward-server-", suffix=".log", delete=False)
     server = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -214,7 +238,7 @@ def http_bench(judge: str, server_kind: str, args: argparse.Namespace) -> dict:
     res = json.loads(client.stdout.strip().splitlines()[-1])
     lat = res["latencies"]
     return {
-        "judge": judge,
+        "judge": judge if backend == "torch" else f"{judge}[{backend}]",
         "server": server_kind if server_kind == "local" else f"ray x{args.workers}",
         "items_per_request": items,
         "concurrency": concurrency,
@@ -240,12 +264,20 @@ def main() -> None:
     ap.add_argument(
         "--threads", default="1,2", help="torch thread counts for the local embedding judge"
     )
+    ap.add_argument(
+        "--backends", default="torch,onnx,onnx-int8", help="reward.embedding_backend values"
+    )
     ap.add_argument("--workers", type=int, default=2, help="Ray actors behind the HTTP server")
     ap.add_argument("--items", type=int, default=32, help="answers per HTTP request")
     ap.add_argument("--concurrency", type=int, default=4, help="client threads")
     ap.add_argument("--seconds", type=float, default=15.0, help="HTTP load duration per judge")
     ap.add_argument(
         "--max-requests", type=int, default=2000, help="HTTP requests per judge, at most"
+    )
+    ap.add_argument(
+        "--skip-http",
+        action="store_true",
+        help="local judges only; keep --out's earlier http rows (marked so)",
     )
     ap.add_argument("--out", default=str(ROOT / "bench/results/reward.json"))
     args = ap.parse_args()
@@ -256,21 +288,30 @@ def main() -> None:
             "load_avg_at_start": os.getloadavg(),
         },
         "settings": vars(args),
-        "local_judges": local_judges(args.n, args.batch, [int(t) for t in args.threads.split(",")]),
+        "local_judges": local_judges(
+            args.n,
+            args.batch,
+            [int(t) for t in args.threads.split(",")],
+            args.backends.split(","),
+        ),
     }
     args.threads = int(args.threads.split(",")[0])  # the local HTTP server's thread count
-    results["http"] = [
-        http_bench(judge, kind, args)
-        for judge, kind in (
-            ("exact_match", "local"),
-            ("embedding_cosine", "local"),
-            ("embedding_cosine", "ray"),
-        )
-    ]
-    results["machine"]["load_avg_at_end"] = os.getloadavg()
+    out = Path(args.out)
+    if args.skip_http:
+        earlier = json.loads(out.read_text()) if out.is_file() else {}
+        results["http"] = earlier.get("http", [])
+        results["http_from_earlier_run"] = True  # not measured with the local judges above
+    else:
+        rows = [("exact_match", "local"), ("embedding_cosine", "local"), ("embedding_cosine", "ray")]
+        results["http"] = [http_bench(judge, kind, args) for judge, kind in rows]
+        if "onnx-int8" in args.backends.split(","):  # the faster backend through the Ray pool
+            results["http"].append(http_bench("embedding_cosine", "ray", args, "onnx-int8"))
+    machine = results["machine"]
+    machine["load_avg_at_end"] = os.getloadavg()
+    # another process was busy on these cores: figures are lower than on an idle machine
+    machine["under_load"] = max(machine["load_avg_at_start"][0], machine["load_avg_at_end"][0]) > 1
     for row in results["http"]:
         print("http", row, flush=True)
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out}")
