@@ -54,6 +54,22 @@ def test_backend_agrees_with_torch_fp32(backend, reference):
     assert reference[0] == pytest.approx(1.0, abs=1e-5)  # ("red", "red"): the reference is sane
 
 
+def test_the_config_backend_is_the_one_that_scores(reference):
+    """reward.embedding_backend reaches the judge the reward service runs (reward.scoring)."""
+    from reward.scoring import RewardRequest, score_requests
+    from reward.service import RewardService
+
+    requests = [RewardRequest(p, r) for p, r in zip(PREDS, REFS, strict=True)]
+    int8 = [p.answer for p in score_requests(requests, RewardConfig(embedding_backend="onnx-int8"))]
+    assert int8 == pytest.approx(embedding_cosine(PREDS, REFS, backend="onnx-int8"), abs=1e-6)
+    assert int8 != pytest.approx(reference, abs=1e-3)  # not the torch scores
+    from reward.embedding import load_encoder
+
+    service = RewardService(RewardConfig(embedding_backend="onnx"), num_threads=1)
+    assert service.warmup()["status"] == "ok"  # loads the encoder its actor's scoring will use
+    assert load_encoder(None, "onnx").onnx.session.get_session_options().intra_op_num_threads == 1
+
+
 def test_onnx_session_uses_the_thread_count_it_was_given():
     import torch
 
