@@ -287,13 +287,23 @@ def versions() -> dict:
 def side(name: str, mode: str, args, data: Path, tmp: Path) -> dict:
     """One side of one mode in a subprocess (fresh threads, memory and Ray); its result dict."""
     result = tmp / f"{name}_{mode}.json"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    if result.is_file():  # --resume: a side a stopped run finished
+        print(f"[vs_trl] {name} {mode}: reusing {result}", flush=True)
+        return json.loads(result.read_text())
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_raylet_start_wait_time_s": "120"}  # loaded machines
     if name == "trl":
         env.update(OMP_NUM_THREADS=str(THREADS), MKL_NUM_THREADS=str(THREADS))
     cmd = [sys.executable, __file__, "--side", name, "--mode", mode, "--model", str(args.model),
            "--data", str(data), "--steps", str(args.steps + 1), "--backend", args.backend, "--result", str(result)]
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, env=env, timeout=args.timeout)
+    for attempt in (1, 2):  # once more on a failure: a loaded machine can time out Ray's node startup
+        try:
+            subprocess.run(cmd, check=True, env=env, timeout=args.timeout)
+            break
+        except subprocess.CalledProcessError as e:
+            if attempt == 2:
+                raise
+            print(f"[vs_trl] {name} {mode} failed ({e}); retrying once", flush=True)
     out = json.loads(result.read_text())
     out["wall_s"] = round(time.perf_counter() - t0, 1)
     print(f"[vs_trl] {name} {mode}: {out['episodes_per_s']} episodes/s, {out['gen_tokens_per_s']} tokens/s",
@@ -311,6 +321,7 @@ def main() -> None:
     ap.add_argument("--timeout", type=int, default=900, help="seconds per side before it is stopped")
     ap.add_argument("--note", default="", help="e.g. 'idle machine' or 'under load'")
     ap.add_argument("--out", type=Path, default=REPO / "bench/results/vs_trl.json")
+    ap.add_argument("--resume", type=Path, help="the work folder of a stopped run: its finished sides are kept")
     ap.add_argument("--side", choices=("ours", "trl"), help=argparse.SUPPRESS)
     ap.add_argument("--mode", help=argparse.SUPPRESS)
     ap.add_argument("--result", type=Path, help=argparse.SUPPRESS)
@@ -323,7 +334,8 @@ def main() -> None:
         args.result.write_text(json.dumps(run(args.mode, args.model, args.data, args.steps, *extra)))
         return
     data_dir = args.data or args.model.parents[1] / "data"
-    tmp = Path(tempfile.mkdtemp(prefix="vs_trl_"))
+    tmp = args.resume or Path(tempfile.mkdtemp(prefix="vs_trl_"))
+    print(f"[vs_trl] work folder {tmp} (--resume it if the run stops)", flush=True)
     data = subset_data(data_dir, tmp / "data")
     results = {}
     for mode in args.modes.split(","):
