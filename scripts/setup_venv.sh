@@ -2,6 +2,7 @@
 # Create or refresh .venv with the pinned stack; a no-op (about a second) when nothing changed.
 #   scripts/setup_venv.sh          the CPU stack (constraints.txt): what `make` and the tests use
 #   scripts/setup_venv.sh --gpu    the CUDA stack (constraints-gpu.txt): CUDA vLLM, flash-attn
+#   scripts/setup_venv.sh --bench  also the [bench] extra (TRL 1.16 for bench/bench_vs_trl.py); opt-in
 # The one place where the stack's traps are handled:
 #   1. torch is installed first, pinned (CPU: the 2.13.0 CPU build; GPU: the 2.13.0 CUDA build),
 #      and every later pip call gets the environment's constraints file, so nothing can swap it;
@@ -18,16 +19,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=cpu
-case "${1:-}" in
-  "") ;;
-  --gpu) MODE=gpu ;;
-  *) echo "usage: $0 [--gpu]  (unknown argument: $1)" >&2; exit 2 ;;
-esac
+EXTRAS=""
+for arg in "$@"; do
+  case "$arg" in
+    --gpu) MODE=gpu ;;
+    --bench) EXTRAS=",bench" ;;
+    *) echo "usage: $0 [--gpu] [--bench]  (unknown argument: $arg)" >&2; exit 2 ;;
+  esac
+done
 CONSTRAINTS=constraints.txt
 [[ $MODE == gpu ]] && CONSTRAINTS=constraints-gpu.txt
 VENV=${AWARES_VENV:-.venv}
 PY=${PYTHON:-python3}
-stamp=$(cat pyproject.toml "$CONSTRAINTS" scripts/setup_venv.sh | sha256sum | cut -d' ' -f1)
+stamp=$( (cat pyproject.toml "$CONSTRAINTS" scripts/setup_venv.sh; echo "$EXTRAS") | sha256sum | cut -d' ' -f1)
 if [[ -f "$VENV/.awares-stamp" && "$(cat "$VENV/.awares-stamp")" == "$stamp" ]]; then
   exit 0
 fi
@@ -41,9 +45,9 @@ if [[ $MODE == gpu ]]; then
     f'[setup_venv] torch {torch.__version__} is not a CUDA build: remove it and rerun --gpu')"
   "${pip[@]}" packaging psutil ninja einops
   "${pip[@]}" --no-build-isolation "flash-attn==2.8.3"
-  DS_BUILD_OPS=0 "${pip[@]}" -e ".[gpu,dev]"
+  DS_BUILD_OPS=0 "${pip[@]}" -e ".[gpu,dev$EXTRAS]"
 else
-  DS_BUILD_OPS=0 DS_ACCELERATOR=cpu "${pip[@]}" -e ".[cpu,dev]"
+  DS_BUILD_OPS=0 DS_ACCELERATOR=cpu "${pip[@]}" -e ".[cpu,dev$EXTRAS]"
   "${pip[@]}" --no-deps "openrlhf==0.11.2" "pylatexenc==2.11"
   "$VENV/bin/python" -m pip uninstall -y -q torchaudio torchcodec 2>/dev/null || true
 fi

@@ -207,11 +207,12 @@ class _Engine:
         return [GenOutput(r.prompt_ids, ids, [0.0] * len(ids), reason) for r in requests]
 
 
-def _episodes(tmp: Path, turn1: tuple[str, str], turn2=("red", "stop"), corrupt: bool = False, max_crops=9):
+def _episodes(tmp: Path, turn1: tuple[str, str], turn2=("red", "stop"), corrupt: bool = False, max_crops=9,
+              max_turns=2):
     _save(tmp, _gradient("RGB", (256, 256)), "ok.png")
     _write(tmp, "bad.png", b"garbage")
     samples = [Sample("a", "ok.png", "q?", ("red",))] + ([Sample("b", "bad.png", "q?", ("red",))] if corrupt else [])
-    runner = EpisodeRunner(_Engine(turn1, turn2), _tokenizer(), EpisodeSettings(max_crops=max_crops))
+    runner = EpisodeRunner(_Engine(turn1, turn2), _tokenizer(), EpisodeSettings(max_crops=max_crops, max_turns=max_turns))
     return runner.run(samples, 1, SamplingConfig(0.0, 1.0, 8), root=tmp)
 
 
@@ -231,6 +232,13 @@ RUNNER_CASES = [
     Case("more crops than rollout.max_crops flags the episode",
          lambda t: _episodes(t, ("GET_CROPS: ['1','2','3']", "stop"), max_crops=2),
          check=lambda eps: eps[0].invalid_tool_call == "too-many"),
+    Case("a call in a single-turn episode (rollout.max_turns=1) flags it, no turn 2",
+         lambda t: _episodes(t, ("GET_CROPS: ['1']", "stop"), max_turns=1),
+         check=lambda eps: (eps[0].invalid_tool_call, eps[0].turn_texts, eps[0].crop_ids, eps[0].final_answer)
+         == ("tools-off", ["GET_CROPS: ['1']"], [], None)),
+    Case("a single-turn episode (rollout.max_turns=1) answers in turn 1",
+         lambda t: _episodes(t, ("blue", "stop"), max_turns=1),
+         check=lambda eps: (eps[0].final_answer, eps[0].num_turns, eps[0].invalid_tool_call) == ("blue", 1, None)),
     Case("corrupt image in a rollout batch: flagged episode, the rest runs",
          lambda t: _episodes(t, ("red", "stop"), corrupt=True),
          check=lambda eps: eps[0].final_answer == "red" and eps[1].error and "bad.png" in eps[1].error),
@@ -265,6 +273,7 @@ RECIPE_CASES = [
     _bad_value("rollout.temperature=-1", "rollout.temperature", ">= 0"),
     _bad_value("rollout.top_p=0", "rollout.top_p", "(0, 1]"),
     _bad_value("rollout.max_new_tokens=0", "rollout.max_new_tokens", ">= 1"),
+    _bad_value("rollout.max_turns=3", "rollout.max_turns=3", "1 (single turn, no crop tool) or 2"),
     _bad_value("grpo.tis_cap=0.5", "grpo.tis_cap", ">= 1"),
     _bad_value("sft.keep_checkpoints=0", "sft.keep_checkpoints", ">= 1"),
     _bad_value("sft.grad_clip=-1", "sft.grad_clip", ">= 0"),

@@ -23,6 +23,8 @@ class RolloutConfig:
     low_res_scale: float = LOW_RES_SCALE  # the low-res view scales both sides by this; the one setting
     # for rollout, SFT trajectories (their low-res answers), SFT sequences and eval
     max_crops: int = 9  # a call naming more crops is invalid
+    max_turns: int = 2  # 2: the AwaRes episode; 1: no crop tool, turn 1 is the answer and a call is
+    # invalid ("tools-off"): plain single-turn GRPO on the low-res view (bench/bench_vs_trl.py)
     prefix_caching: bool = True  # vLLM: turn 2 reuses turn 1's KV blocks
     enforce_eager: bool = True  # vLLM: skip torch.compile (faster start on CPU)
     max_model_len: int = 4096
@@ -39,6 +41,8 @@ class RolloutConfig:
             raise ValueError(f"rollout.low_res_scale must be in (0, 1], got {self.low_res_scale}")
         if not 1 <= self.max_crops <= 9:
             raise ValueError(f"rollout.max_crops must be in 1..9, got {self.max_crops}")
+        require(self.max_turns in (1, 2), "rollout.max_turns", self.max_turns,
+                "1 (single turn, no crop tool) or 2 (answer, or GET_CROPS -> crops -> answer)")
         require(self.temperature >= 0, "rollout.temperature", self.temperature, ">= 0 (0: greedy; 1: the policy)")
         require(0 < self.top_p <= 1, "rollout.top_p", self.top_p, "in (0, 1] (1: no nucleus cut)")
         for name in ("max_new_tokens", "max_model_len", "kv_cache_gib"):

@@ -1,5 +1,6 @@
 """EpisodeRunner: a batch of samples x G -> turn 1 on the low-res view -> parse GET_CROPS ->
-crops from the original image -> turn 2 -> typed Episodes. Batched across samples and turns."""
+crops from the original image -> turn 2 -> typed Episodes. Batched across samples and turns.
+With ``max_turns=1`` (no crop tool) turn 1 is the answer and any call is invalid ("tools-off")."""
 
 from __future__ import annotations
 
@@ -27,12 +28,15 @@ class EpisodeSettings:
     max_crops: int = 9  # a call naming more crops is invalid ("too-many")
     system_prompt: str | None = None  # None: protocol.SYSTEM_PROMPT
     max_image_pixels: int = DEFAULT_MAX_PIXELS  # data.max_image_pixels: larger images are refused
+    max_turns: int = 2  # rollout.max_turns: 1 = no crop tool, turn 1 is the answer
 
 
-def parse_first_turn(text: str, max_crops: int = 9) -> list[int] | None:
-    """Turn 1's crop ids (None: a direct answer); ToolCallError for a malformed call or one
-    naming more than ``max_crops`` crops ("too-many")."""
+def parse_first_turn(text: str, max_crops: int = 9, max_turns: int = 2) -> list[int] | None:
+    """Turn 1's crop ids (None: a direct answer); ToolCallError for a malformed call, one naming
+    more than ``max_crops`` crops ("too-many"), or any call when ``max_turns`` is 1 ("tools-off")."""
     crops = parse_tool_call(text)
+    if crops is not None and max_turns == 1:
+        raise ToolCallError("tools-off", text, "rollout.max_turns=1: turn 1 must answer")
     if crops is not None and len(crops) > max_crops:
         raise ToolCallError("too-many", text, f"{len(crops)} crops > max_crops={max_crops}")
     return crops
@@ -135,7 +139,7 @@ class EpisodeRunner:
             self._finish(ep, low, None)
             return None
         try:
-            crops = parse_first_turn(text, self.settings.max_crops)
+            crops = parse_first_turn(text, self.settings.max_crops, self.settings.max_turns)
         except ToolCallError as e:
             ep.invalid_tool_call = e.reason
             self._finish(ep, low, None)

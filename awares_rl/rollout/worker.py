@@ -35,7 +35,8 @@ class RolloutWorker:
         self.cfg = rollout
         self.engine = make_engine(rollout, model, model_path, seed=seed)
         tokenizer = self.engine.processor.tokenizer if hasattr(self.engine, "processor") else self.engine.tokenizer
-        settings = EpisodeSettings(rollout.low_res_scale, rollout.max_crops, max_image_pixels=max_image_pixels)
+        settings = EpisodeSettings(rollout.low_res_scale, rollout.max_crops, max_image_pixels=max_image_pixels,
+                                   max_turns=rollout.max_turns)
         self.runner = EpisodeRunner(self.engine, tokenizer, settings)
         self.sampling = SamplingConfig(rollout.temperature, rollout.top_p, rollout.max_new_tokens)
 
