@@ -27,6 +27,8 @@ from awares_rl.grpo import GRPOTrainer
 from awares_rl.models.tiny import save_tiny
 
 SFT_MODEL = "runs/tiny_cpu/models/sft"
+RAY_INTERNAL = ("IDLE", "DashboardAgent", "RuntimeEnvAgent", "_master_address")
+MIN_REPORTED = 32 << 20  # smaller processes (short-lived helpers) are left out of the report
 
 
 class PeakRSS:
@@ -39,12 +41,14 @@ class PeakRSS:
         self._thread = threading.Thread(target=self._poll, daemon=True)
 
     def _name(self, proc: psutil.Process) -> str | None:
+        """``Class`` for a Ray actor, ``Class/<title>`` for a process under one (vLLM's engine core)."""
         title = (proc.cmdline() or [""])[0]
-        if title.startswith("ray::") and not title.startswith("ray::IDLE"):
-            return title[5:].split(".")[0].split(" ")[0]
+        if title.startswith("ray::"):
+            name = title[5:].split(".")[0].split(" ")[0]
+            return None if name in RAY_INTERNAL else name
         parent = proc.parent()
         if parent is not None and parent.pid in self.names:
-            return f"{self.names[parent.pid]}/engine"
+            return f"{self.names[parent.pid].split('/')[0]}/{Path(title).name}"
         return None
 
     def _poll(self) -> None:
@@ -68,8 +72,10 @@ class PeakRSS:
         self._thread.join()
 
     def report(self) -> dict[str, float]:
-        """{"<actor> (pid N)": peak RSS in MiB}, actors in start order."""
-        return {f"{self.names[p]} (pid {p})": round(self.peak[p] / 2**20, 1) for p in sorted(self.peak)}
+        """{"<actor> (pid N)": peak RSS in MiB}, actors in start order (with a KL term the second
+        LearnerWorker is the frozen reference)."""
+        return {f"{self.names[p]} (pid {p})": round(self.peak[p] / 2**20, 1) for p in sorted(self.peak)
+                if self.peak[p] >= MIN_REPORTED}
 
 
 def one_config(workers: int, steps: int, backend: str, model_dir: Path, overrides: list[str]) -> dict:
