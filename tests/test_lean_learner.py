@@ -4,6 +4,7 @@ length, processed pixels cached across passes — at the same loss and gradients
 
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import replace
 from types import SimpleNamespace
@@ -119,3 +120,15 @@ def test_runner_shares_views_and_crops_within_a_group(tiny_dir):
         [sample], 3, SamplingConfig(temperature=1.0, max_new_tokens=4), images=[make_image(0)])
     assert len({id(ep.images[0]) for ep in eps}) == 1
     assert eps[0].token_ids[:20] == eps[1].token_ids[:20]  # the same prompt ids
+
+
+def test_thread_counts_are_validated_and_resolved():
+    from awares_rl.core.config_io import ConfigError
+    from awares_rl.rollout.config import RolloutConfig
+    from cluster.resources import torch_threads
+
+    assert torch_threads(0, 1.0) == 1 and torch_threads(0, 2.5) == 2 and torch_threads(3, 1.0) == 3
+    assert torch_threads(-1, 1.0) == (os.cpu_count() or 1)
+    for section in (LearnerConfig, RolloutConfig):
+        with pytest.raises(ConfigError, match=r"threads=-2: must be 0 \(= cpus_per_worker\), -1"):
+            section(threads=-2)

@@ -34,6 +34,7 @@ from awares_rl.learner.objective import Objective, WeightedNLL
 from awares_rl.models import load_policy, load_processor
 from awares_rl.models.config import ModelConfig
 from cluster.actor_group import DistInfo
+from cluster.resources import torch_threads
 
 SCHEDULER_FILE = "scheduler.json"  # in trainer_state/
 
@@ -84,7 +85,7 @@ class LearnerWorker:
         torch.manual_seed(seed)
         on_gpu = learner.gpus_per_worker > 0 and torch.cuda.is_available()
         if not on_gpu:
-            torch.set_num_threads(max(1, int(learner.cpus_per_worker)))
+            torch.set_num_threads(torch_threads(learner.threads, learner.cpus_per_worker))
         self.device = torch.device("cuda", 0) if on_gpu else torch.device("cpu")
         model = model or ModelConfig()
         self.processor = load_processor(model_path, model)
