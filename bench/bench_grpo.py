@@ -23,7 +23,7 @@ import ray
 
 import awares_rl  # noqa: F401
 from awares_rl.config import load_recipe
-from awares_rl.grpo import GRPOTrainer
+from awares_rl.grpo import GRPOTrainer, grpo_cpus, start_local_ray
 from awares_rl.models.tiny import save_tiny
 
 SFT_MODEL = "runs/tiny_cpu/models/sft"
@@ -78,6 +78,18 @@ class PeakRSS:
                 if self.peak[p] >= MIN_REPORTED}
 
 
+def start_ray(cpus: float, tries: int = 3) -> None:
+    """The local Ray the run would start, retried: on a loaded machine its raylet may miss Ray's
+    fixed 30 s registration deadline ("node timed out during startup")."""
+    for attempt in range(1, tries + 1):
+        try:
+            return start_local_ray(cpus)
+        except Exception as e:  # Ray raises a bare Exception for it
+            if "timed out during startup" not in str(e) or attempt == tries:
+                raise
+            ray.shutdown()
+
+
 def one_config(workers: int, steps: int, backend: str, model_dir: Path, overrides: list[str]) -> dict:
     out = Path(tempfile.mkdtemp())
     cfg = load_recipe("recipes/tiny_cpu.yaml", [
@@ -87,6 +99,7 @@ def one_config(workers: int, steps: int, backend: str, model_dir: Path, override
         "learner.backend=deepspeed", "learner.zero_stage=1", *overrides,
     ])
     with PeakRSS() as rss:
+        start_ray(grpo_cpus(cfg))
         GRPOTrainer(cfg, start_model=model_dir).fit()
         ray.shutdown()
     rows = [json.loads(x) for x in (cfg.run.dir / "grpo" / "metrics.jsonl").read_text().splitlines()][1:]
