@@ -80,7 +80,8 @@ class PeakRSS:
 
 def start_ray(cpus: float, tries: int = 3) -> None:
     """The local Ray the run would start, retried: on a loaded machine its raylet may miss Ray's
-    fixed 30 s registration deadline ("node timed out during startup")."""
+    registration deadline ("node timed out during startup"); its raylets get longer, too."""
+    os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
     for attempt in range(1, tries + 1):
         try:
             return start_local_ray(cpus)
