@@ -28,15 +28,19 @@ from awares_rl.models.tiny import save_tiny
 
 SFT_MODEL = "runs/tiny_cpu/models/sft"
 RAY_INTERNAL = ("IDLE", "DashboardAgent", "RuntimeEnvAgent", "_master_address")
+RSS_TAG = "AWARES_BENCH_TAG"  # inherited by the Ray processes this bench starts (or a head started with it)
 MIN_REPORTED = 32 << 20  # smaller processes (short-lived helpers) are left out of the report
 
 
 class PeakRSS:
-    """Polls this process's descendants (our Ray session's actors and their vLLM engine cores):
-    peak RSS per actor process, named by Ray's process title (``ray::LearnerWorker...``)."""
+    """Polls our Ray session's processes (actors and their vLLM engine cores, found by the
+    ``RSS_TAG`` in their environment): peak RSS per actor process, named by Ray's process title
+    (``ray::LearnerWorker...``). With ``RAY_ADDRESS`` (a head already up) start that head with
+    the same ``AWARES_BENCH_TAG`` in its environment."""
 
     def __init__(self, every_s: float = 0.2) -> None:
-        self.every_s, self.peak, self.names = every_s, {}, {}
+        os.environ.setdefault(RSS_TAG, f"bench-{os.getpid()}")
+        self.every_s, self.peak, self.names, self.others = every_s, {}, {}, set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
 
@@ -51,10 +55,24 @@ class PeakRSS:
             return f"{self.names[parent.pid].split('/')[0]}/{Path(title).name}"
         return None
 
+    def _ours(self) -> list[psutil.Process]:
+        """Processes of this bench's Ray (its own, or the head started with our RSS_TAG)."""
+        tag, out = os.environ[RSS_TAG], []
+        for proc in psutil.process_iter():
+            if proc.pid in self.others:
+                continue
+            try:
+                if proc.pid in self.names or proc.environ().get(RSS_TAG) == tag:
+                    out.append(proc)
+                else:
+                    self.others.add(proc.pid)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        return out
+
     def _poll(self) -> None:
-        me = psutil.Process()
         while not self._stop.wait(self.every_s):
-            for proc in me.children(recursive=True):
+            for proc in self._ours():
                 try:
                     name = self.names.get(proc.pid) or self._name(proc)
                     if name:
