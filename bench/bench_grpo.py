@@ -11,6 +11,7 @@ Usage: python bench/bench_grpo.py [--model runs/tiny_cpu/models/sft] [--steps 3]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -101,12 +102,25 @@ def start_ray(cpus: float, tries: int = 3) -> None:
     registration deadline ("node timed out during startup"); its raylets get longer, too."""
     os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
     for attempt in range(1, tries + 1):
+        before = {p.pid for p in psutil.Process().children(recursive=True)}
         try:
             return start_local_ray(cpus)
         except Exception as e:  # Ray raises a bare Exception for it
             if "timed out during startup" not in str(e) or attempt == tries:
                 raise
             ray.shutdown()
+            _end([p for p in psutil.Process().children(recursive=True) if p.pid not in before])
+
+
+def _end(procs: list[psutil.Process]) -> None:
+    """End the processes a failed Ray start left behind (its GCS, dashboard, monitors): ours."""
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=10)
+    for p in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
 
 
 def one_config(workers: int, steps: int, backend: str, model_dir: Path, overrides: list[str]) -> dict:

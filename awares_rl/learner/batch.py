@@ -105,7 +105,7 @@ class PixelCache:
     (reference, old logprobs, each optimizer step) process every distinct image once.
     Least recently used entries go beyond ``max_bytes``."""
 
-    def __init__(self, max_bytes: int = 512 << 20) -> None:
+    def __init__(self, max_bytes: int = 256 << 20) -> None:
         self.max_bytes, self.bytes = max_bytes, 0
         self.entries: OrderedDict[bytes, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
 
