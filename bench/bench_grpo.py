@@ -53,7 +53,7 @@ class PeakRSS:
             return None if name in RAY_INTERNAL else name
         parent = proc.parent()
         if parent is not None and parent.pid in self.names:
-            return f"{self.names[parent.pid].split('/')[0]}/{Path(title).name}"
+            return f"{self.names[parent.pid].split('/')[0]}/{proc.name()}"  # e.g. VLLM::EngineCore
         return None
 
     def _ours(self) -> list[psutil.Process]:
