@@ -15,6 +15,7 @@ bundle first, as Ray's placement roughly does) and names the bundles that found 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -76,6 +77,19 @@ class RecipeResources:
     def peak(self, key: str) -> float:
         """The most of ``key`` the job holds at once: the driver plus its largest stage."""
         return getattr(self.driver, key) + max((self.stage_total(s, key) for s in self.stages), default=0.0)
+
+
+def torch_threads(threads: int, cpus: float) -> int:
+    """An actor's torch thread count: ``threads`` when > 0, all the node's cores when -1 (stages
+    that take turns on the same cores, e.g. rollout and learner of the synchronous loop on one
+    machine: each gets every core while it runs), else its logical CPU reservation ``cpus``.
+    The reservation only places actors (Ray pins nothing); the thread count is what computes."""
+    if threads == -1:
+        return os.cpu_count() or 1
+    return threads if threads > 0 else max(1, int(cpus))
+
+
+THREADS_HELP = "0 (= cpus_per_worker), -1 (all the node's cores) or a count >= 1"
 
 
 def _engine(rc) -> tuple[float, float]:

@@ -10,6 +10,8 @@ sets them from the episode's action mask and adds the logprobs and advantage it 
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,14 +91,96 @@ def _pad(rows: Sequence[Sequence[float]], width: int, value: float, dtype: torch
     return out
 
 
-def collate_sequences(sequences: Sequence[TokenSequence], processor) -> dict[str, torch.Tensor]:
+def image_key(image: Image.Image) -> bytes:
+    """A content key of ``image`` (mode, size, pixels): equal images share their processing and
+    their vision-tower pass."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{image.mode}{image.size}".encode())
+    h.update(image.tobytes())
+    return h.digest()
+
+
+class PixelCache:
+    """Processed pixel values per image key, so that a step's passes over the same episodes
+    (reference, old logprobs, each optimizer step) process every distinct image once.
+    Least recently used entries go beyond ``max_bytes``."""
+
+    def __init__(self, max_bytes: int = 256 << 20) -> None:
+        self.max_bytes, self.bytes = max_bytes, 0
+        self.entries: OrderedDict[bytes, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+
+    def get(self, key: bytes) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if key in self.entries:
+            self.entries.move_to_end(key)
+        return self.entries.get(key)
+
+    def put(self, key: bytes, pixels: torch.Tensor, grid: torch.Tensor) -> None:
+        self.entries[key] = (pixels, grid)
+        self.bytes += pixels.nbytes
+        while self.bytes > self.max_bytes and len(self.entries) > 1:
+            old, _ = self.entries.popitem(last=False)[1]
+            self.bytes -= old.nbytes
+
+
+def _distinct_images(images: Sequence[Image.Image]) -> tuple[list[Image.Image], list[bytes], list[int]]:
+    """(distinct images, their keys, index of each image among them); same object = same key."""
+    keys_by_id: dict[int, bytes] = {}
+    position: dict[bytes, int] = {}
+    distinct, keys, index = [], [], []
+    for im in images:
+        key = keys_by_id.setdefault(id(im), image_key(im))
+        if key not in position:
+            position[key] = len(distinct)
+            distinct.append(im)
+            keys.append(key)
+        index.append(position[key])
+    return distinct, keys, index
+
+
+def _process(processor, images: Sequence[Image.Image], keys: Sequence[bytes], cache: PixelCache | None
+             ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(pixel values, grid_thw row) of each image, through ``cache``: one processor call for the misses."""
+    found = [cache.get(k) if cache is not None else None for k in keys]
+    missing = [i for i, f in enumerate(found) if f is None]
+    if missing:
+        vision = processor.image_processor(images=[images[i] for i in missing], return_tensors="pt")
+        grids = vision["image_grid_thw"]
+        for i, pixels, grid in zip(missing, vision["pixel_values"].split(grids.prod(-1).tolist()), grids):
+            found[i] = (pixels, grid)
+            if cache is not None:
+                cache.put(keys[i], pixels, grid)
+    return found  # type: ignore[return-value]
+
+
+def _check_image_runs(sequences: Sequence[TokenSequence], counts: Sequence[int], image_id: int) -> None:
+    """ValueError naming the sequence whose image pad runs differ from its images' visual tokens."""
+    start = 0
+    for s in sequences:
+        expected = list(counts[start:start + len(s.images)])
+        start += len(s.images)
+        if _image_runs(s.token_ids, image_id) != expected:
+            raise ValueError(
+                f"sequence {s.sample_id!r}: image pad runs {_image_runs(s.token_ids, image_id)} do not "
+                f"match the processor's visual tokens {expected} for its {len(s.images)} images"
+            )
+
+
+def collate_sequences(sequences: Sequence[TokenSequence], processor, dedupe_images: bool = False,
+                      cache: PixelCache | None = None) -> dict[str, torch.Tensor]:
     """Right-padded batch of ``sequences``.
 
     Returns ``input_ids``, ``attention_mask``, ``mm_token_type_ids`` (1 on image pads), ``loss_weights``
     (float) — all (B, T) aligned with ``input_ids`` —, ``pixel_values`` (patches, C*14*14*2) and
     ``image_grid_thw`` (n_images, 3) for all images in order, ``advantages`` (B,), and each of
     ``old_logprobs`` / ``ref_logprobs`` / ``rollout_logprobs`` (B, T) when every sequence has it.
-    Raises ValueError when a sequence's image pads do not match its images' visual tokens.
+
+    ``dedupe_images``: ``pixel_values`` hold each DISTINCT image once (equal content, e.g. a
+    group's shared low-res view or a repeated crop), ``distinct_grid_thw`` their grids and
+    ``image_index`` (n_images,) which distinct image each image is; ``image_grid_thw`` still lists
+    every image (the rope positions need it). Such a batch goes to the model through
+    ``awares_rl.learner.forward.model_forward`` (one vision-tower pass per distinct image).
+    ``cache`` keeps processed pixel values across calls. Raises ValueError when a sequence's image
+    pads do not match its images' visual tokens.
     """
     if not sequences:
         raise ValueError("collate_sequences needs at least one sequence")
@@ -104,12 +188,12 @@ def collate_sequences(sequences: Sequence[TokenSequence], processor) -> dict[str
     image_id = tok.convert_tokens_to_ids(IMAGE_TOKEN)
     for s in sequences:
         s.check()
-        expected = image_token_counts(processor.image_processor, s.images)
-        if _image_runs(s.token_ids, image_id) != expected:
-            raise ValueError(
-                f"sequence {s.sample_id!r}: image pad runs {_image_runs(s.token_ids, image_id)} do not "
-                f"match the processor's visual tokens {expected} for its {len(s.images)} images"
-            )
+    images = [im for s in sequences for im in s.images]
+    distinct, keys, index = _distinct_images(images)
+    processed = _process(processor, distinct, keys, cache)
+    grids = [processed[i][1] for i in index]
+    merge = processor.image_processor.merge_size ** 2
+    _check_image_runs(sequences, [int(g.prod()) // merge for g in grids], image_id)
     width = max(len(s.token_ids) for s in sequences)
     ids = _pad([s.token_ids for s in sequences], width, tok.pad_token_id, torch.long)
     batch = {
@@ -123,15 +207,37 @@ def collate_sequences(sequences: Sequence[TokenSequence], processor) -> dict[str
         rows = [getattr(s, key) for s in sequences]
         if all(r is not None for r in rows):
             batch[key] = _pad(rows, width, 0.0, torch.float32)
-    images = [im for s in sequences for im in s.images]
     if images:
-        vision = processor.image_processor(images=images, return_tensors="pt")
-        batch["pixel_values"], batch["image_grid_thw"] = vision["pixel_values"], vision["image_grid_thw"]
+        batch["image_grid_thw"] = torch.stack(grids)
+        if dedupe_images:
+            batch["pixel_values"] = torch.cat([p for p, _ in processed])
+            batch["distinct_grid_thw"] = torch.stack([g for _, g in processed])
+            batch["image_index"] = torch.tensor(index, dtype=torch.long)
+        else:
+            batch["pixel_values"] = torch.cat([processed[i][0] for i in index])
     return batch
 
 
+def batch_order(sequences: Sequence[TokenSequence]) -> list[int]:
+    """An order of ``sequences`` for micro-batching: those sharing a first image (a GRPO group's
+    low-res view) side by side, so that a micro-batch runs the vision tower once for them, and by
+    length within (little padding); direct answers before those with crops."""
+    keys: dict[int, bytes] = {}
+
+    def key(i: int) -> tuple:
+        s = sequences[i]
+        first = keys.setdefault(id(s.images[0]), image_key(s.images[0])) if s.images else b""
+        return len(s.images), first, len(s.token_ids)
+
+    return sorted(range(len(sequences)), key=key)
+
+
 def model_inputs(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The entries of a collated batch that the model's forward takes."""
+    """The entries of a collated batch that the model's forward takes (a ``dedupe_images`` batch:
+    use ``awares_rl.learner.forward.model_forward``)."""
+    if "image_index" in batch:
+        raise ValueError("a dedupe_images batch holds each distinct image once: call "
+                         "awares_rl.learner.forward.model_forward(model, batch), not model(**model_inputs(batch))")
     return {k: batch[k] for k in MODEL_KEYS if k in batch}
 
 

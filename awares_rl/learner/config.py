@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from awares_rl.core.config_io import require
+from cluster.resources import THREADS_HELP
 
 
 @dataclass(frozen=True)
@@ -14,7 +15,8 @@ class LearnerConfig:
     backend: Literal["deepspeed", "torch"] = "deepspeed"  # torch: plain torch, grads all-reduced by hand
     num_workers: int = 1  # data-parallel LearnerWorker actors
     zero_stage: int = 2  # DeepSpeed ZeRO stage 0-3 (backend=deepspeed)
-    cpus_per_worker: float = 1.0  # also each worker's torch thread count (at least 1)
+    cpus_per_worker: float = 1.0  # logical CPUs each worker reserves on Ray (placement only)
+    threads: int = 0  # torch threads: 0 = cpus_per_worker; -1 = all the node's cores (stages take turns)
     gpus_per_worker: float = 0.0  # 1.0 on GPU clusters (NCCL; bf16 when model.dtype=bfloat16)
     micro_batch_size: int = 4  # sequences per forward/backward; gradients accumulate over a step
     gradient_checkpointing: bool = False  # recompute activations in backward (large models)
@@ -28,6 +30,7 @@ class LearnerConfig:
         if not self.use_ray and self.num_workers != 1:
             raise ValueError("learner.use_ray=false runs one worker in the driver: set learner.num_workers=1")
         require(self.cpus_per_worker > 0, "learner.cpus_per_worker", self.cpus_per_worker, "> 0")
+        require(self.threads >= -1, "learner.threads", self.threads, THREADS_HELP)
         require(self.gpus_per_worker >= 0, "learner.gpus_per_worker", self.gpus_per_worker, ">= 0")
 
 

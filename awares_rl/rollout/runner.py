@@ -94,16 +94,16 @@ class EpisodeRunner:
         episodes, firsts, views = [], [], {}
         for i, (sample, image) in enumerate(zip(samples, loaded)):
             size = image.size if isinstance(image, Image.Image) else (0, 0)
+            if isinstance(image, Image.Image):  # one view and one prompt per sample, shared by its G episodes
+                views[i] = (image, low_res_view(image, self.settings.low_res_scale), {})
+                prompt = first_turn_ids(self.tokenizer, sample_question(sample), self.settings.system_prompt)
             for g in range(group_size):
                 ep = self._new_episode(sample, size, g)
                 episodes.append(ep)
                 if isinstance(image, ImageError):
                     ep.error = str(image)
                     continue
-                if i not in views:
-                    views[i] = (image, low_res_view(image, self.settings.low_res_scale))
-                prompt = first_turn_ids(self.tokenizer, sample_question(sample), self.settings.system_prompt)
-                firsts.append((ep, i, GenRequest(prompt, [views[i][1]], seed=seed + len(episodes) - 1)))
+                firsts.append((ep, i, GenRequest(list(prompt), [views[i][1]], seed=seed + len(episodes) - 1)))
         outs1 = self.engine.generate([r for _, _, r in firsts], sampling)
         t1 = time.perf_counter()
         seconds = []
@@ -127,7 +127,7 @@ class EpisodeRunner:
         ep.rtr = retained_token_ratio(w, h, ep.crop_ids, low.size)
 
     def _after_turn1(self, ep: Episode, views, req: GenRequest, out: GenOutput) -> GenRequest | None:
-        image, low = views
+        image, low, crops_cut = views  # crops_cut: crop id -> the crop, shared by the sample's episodes
         text = _decode(self.tokenizer, out.token_ids)
         ep.turn_texts.append(text)
         ep.token_ids = out.prompt_ids + out.token_ids
@@ -148,7 +148,10 @@ class EpisodeRunner:
             self._finish(ep, low, text)
             return None
         ep.crop_ids = crops
-        ep.images = [low, *cut_crops(image, crops)]
+        for c in crops:
+            if c not in crops_cut:
+                crops_cut[c] = cut_crops(image, [c])[0]
+        ep.images = [low, *(crops_cut[c] for c in crops)]
         prompt = req.prompt_ids + out.token_ids + crops_turn_ids(self.tokenizer, crops)
         return GenRequest(prompt, ep.images, seed=req.seed)
 

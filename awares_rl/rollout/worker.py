@@ -18,6 +18,7 @@ from awares_rl.models.config import ModelConfig
 from awares_rl.rollout import EpisodeRunner, EpisodeSettings, SamplingConfig, make_engine
 from awares_rl.rollout.config import RolloutConfig
 from cluster.actor_group import reap_group_on_exit
+from cluster.resources import torch_threads
 
 
 class RolloutWorker:
@@ -29,7 +30,7 @@ class RolloutWorker:
 
     def __init__(self, rollout: RolloutConfig, model: ModelConfig, model_path: str, seed: int = 0,
                  threads: int | None = None, dist=None, max_image_pixels: int = DEFAULT_MAX_PIXELS) -> None:
-        torch.set_num_threads(threads or max(1, int(rollout.cpus_per_worker)))
+        torch.set_num_threads(threads or torch_threads(rollout.threads, rollout.cpus_per_worker))
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(rollout.kv_cache_gib))
         self.reaper = reap_group_on_exit()  # vLLM's engine processes must not outlive a killed run
         self.cfg = rollout
