@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 # A worker killed, restarting or unreachable (ActorDiedError, ActorUnavailableError, ...)
 WORKER_LOST = ray.exceptions.RayActorError
+RESTARTING = ray.exceptions.ActorUnavailableError  # what a call to a restarting actor gets at once
 
 
 class RolloutPoolError(RuntimeError):
@@ -76,6 +77,7 @@ class _Worker:
         self.index, self.group = index, group
         self.losses = 0
         self.stale = True  # its weights may not be the pool's latest (new or restarted)
+        self.probe = None  # after a loss: a pid() call that answers once Ray has restarted it
 
     @property
     def actor(self):
@@ -133,7 +135,8 @@ class RolloutPool:
         """Load ``weights`` (policy ``version``) into every worker and keep them for restarted and
         new workers; returns the slowest load's seconds. A worker lost meanwhile is replayed later."""
         self.weights, self.version = weights, version
-        refs = {w.actor.load_weights.remote(weights, version): w for w in self.workers}
+        # a restarting worker stays stale: it gets these weights before its next shard
+        refs = {w.actor.load_weights.remote(weights, version): w for w in self.workers if self._up(w)}
         seconds, deadline = [0.0], self._deadline()
         for ref, w in refs.items():
             try:
@@ -156,7 +159,8 @@ class RolloutPool:
         deadline, tries = self._deadline(), dict.fromkeys((s.offset for s in shards), 0)
         self.rolling_step = step
         try:
-            for shard, w in zip(shards, self.workers):
+            for shard, w in zip(shards, list(self.workers)):  # a restarting worker's shard goes elsewhere
+                w = w if self._up(w) else self._pick(inflight.values(), deadline)
                 inflight[self._issue(w, shard, root)] = (shard, w)
             while inflight:
                 ready, _ = ray.wait(list(inflight), num_returns=1, timeout=self._left(deadline))
@@ -172,7 +176,7 @@ class RolloutPool:
                     raise RolloutPoolError(f"step {step}: prompts {shard.offset}.. failed on {tries[shard.offset]} "
                                            "tries (workers keep dying): see the Ray worker logs")
                 report.reissued_prompts += len(shard.samples)
-                target = self._pick(inflight.values())
+                target = self._pick(inflight.values(), deadline)
                 inflight[self._issue(target, shard, root)] = (shard, target)
         finally:
             self.rolling_step = None
@@ -198,25 +202,47 @@ class RolloutPool:
         return episodes
 
     def _lose(self, w: _Worker, err: Exception, when: str) -> None:
-        w.losses += 1
-        w.stale = True
+        """Count ``w`` lost (once per death: calls to it while it restarts fail too) and probe it."""
+        if w.probe is not None:
+            return
+        w.losses, w.stale, w.probe = w.losses + 1, True, w.actor.pid.remote()
         self.report.workers_lost += 1
-        gone = w.losses > self.cfg.max_restarts
-        then = (f"its restarts (rollout.max_restarts={self.cfg.max_restarts}) are used up: removed" if gone else
-                "Ray restarts it; its unfinished prompts go to another worker with the same seeds")
-        log.warning("rollout worker %d lost at %s (%s: %s); %s", w.index, when, type(err).__name__,
-                    (str(err).splitlines() or [""])[0], then)
-        if gone and w in self.workers:
+        log.warning("rollout worker %d lost at %s (%s: %s); Ray restarts it (rollout.max_restarts=%d) and its "
+                    "unfinished prompts go to another worker with the same seeds", w.index, when,
+                    type(err).__name__, (str(err).splitlines() or [""])[0], self.cfg.max_restarts)
+
+    def _up(self, w: _Worker) -> bool:
+        """Whether ``w`` answers (not restarting); looks at its probe without waiting."""
+        if w.probe is None:
+            return True
+        if not ray.wait([w.probe], timeout=0)[0]:
+            return False
+        try:
+            ray.get(w.probe)
+            w.probe = None
+            return True
+        except RESTARTING:
+            w.probe = w.actor.pid.remote()
+        except WORKER_LOST as e:  # dead for good: its restarts are used up
+            log.warning("rollout worker %d is gone for good (%s, rollout.max_restarts=%d): removed", w.index,
+                        type(e).__name__, self.cfg.max_restarts)
             self.workers.remove(w)
             w.group.shutdown()
-        if not self.workers:
-            raise RolloutPoolError("every rollout worker is gone (each died more than rollout.max_restarts="
-                                   f"{self.cfg.max_restarts} times): see the Ray worker logs")
+            if not self.workers:
+                raise RolloutPoolError("every rollout worker is gone (each died more than rollout.max_restarts="
+                                       f"{self.cfg.max_restarts} times): see the Ray worker logs") from e
+        return False
 
-    def _pick(self, inflight) -> _Worker:
-        """The worker with the fewest shards in flight, live ones (not stale) first."""
+    def _pick(self, inflight, deadline: float) -> _Worker:
+        """The worker with the fewest shards in flight among those up, fresh ones first; waits
+        (until ``deadline``) while every worker restarts."""
         busy = [w for _, w in inflight]
-        return min(self.workers, key=lambda w: (w.stale, busy.count(w), w.index))
+        while not (up := [w for w in list(self.workers) if self._up(w)]):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no rollout worker back from a restart within rollout.step_timeout_s="
+                                   f"{self.cfg.step_timeout_s:g} s: see the Ray worker logs")
+            time.sleep(0.2)
+        return min(up, key=lambda w: (w.stale, busy.count(w), w.index))
 
     def _deadline(self) -> float:
         return time.monotonic() + self.cfg.step_timeout_s
