@@ -136,7 +136,7 @@ class RolloutPool:
         new workers; returns the slowest load's seconds. A worker lost meanwhile is replayed later."""
         self.weights, self.version = weights, version
         # a restarting worker stays stale: it gets these weights before its next shard
-        refs = {w.actor.load_weights.remote(weights, version): w for w in self.workers if self._up(w)}
+        refs = {w.actor.load_weights.remote(weights, version): w for w in list(self.workers) if self._up(w)}
         seconds, deadline = [0.0], self._deadline()
         for ref, w in refs.items():
             try:
