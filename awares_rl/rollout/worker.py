@@ -53,6 +53,10 @@ class RolloutWorker:
         self.engine.load_weights(named_tensors, version)
         return time.perf_counter() - t0
 
+    def pid(self) -> int:
+        """The worker's process id (what a SIGKILL of this worker would target)."""
+        return os.getpid()
+
     def version(self) -> int:
         return self.engine.version
 

@@ -1,0 +1,188 @@
+"""Elastic, fault-tolerant rollout workers in GRPO (real Ray, real actors, the tiny model).
+
+A rollout worker killed with SIGKILL mid-step: its share of the step's prompts is re-issued with
+the same seeds, and the run ends exactly as an undisturbed one. ``awares-rl scale`` changes the
+worker count of a running job at step boundaries, through its named-actor control channel.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import stat
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import ray
+
+from awares_rl.cli import main
+from awares_rl.config import load_recipe
+from awares_rl.grpo import GRPOTrainer
+from awares_rl.rollout.control import CONTROL_FILE, request_scale, write_private
+from awares_rl.rollout.pool import step_shards
+from awares_rl.sampling import sampling_seed
+
+RECIPE = Path(__file__).parents[1] / "recipes" / "tiny_cpu.yaml"
+P, G = 4, 2  # prompts a step, episodes a prompt
+OVERRIDES = [
+    "data.n_train=8", "data.n_val=2", "data.n_test=2", "rollout.backend=hf", f"rollout.group_size={G}",
+    "rollout.max_new_tokens=12", f"grpo.prompts_per_step={P}", "grpo.lr=1e-3", "grpo.kl_coef=0",
+    "grpo.save_every=0", "learner.backend=torch", "learner.use_ray=false", "logging.wandb=false",
+]  # fmt: skip
+ELASTIC = ("rollout/workers_lost", "rollout/reissued_prompts")  # what a kill may change
+VOLATILE = ("time/", "perf/", "learner/step_s")  # wall-clock metrics: never equal across runs
+
+
+def recipe(tmp_path: Path, name: str, *extra: str):
+    return load_recipe(RECIPE, [f"run.out_dir={tmp_path}", f"run.name={name}", *OVERRIDES, *extra])
+
+
+def rows(cfg) -> list[dict]:
+    return [json.loads(x) for x in (cfg.run.dir / "grpo" / "metrics.jsonl").read_text().splitlines()]
+
+
+def stable(row: dict) -> dict:
+    return {k: v for k, v in row.items() if not k.startswith(VOLATILE) and k not in ELASTIC}
+
+
+@pytest.fixture(autouse=True)
+def root_logging():
+    """Put back the root logger that ``main()`` (setup_logging) replaces, with a handler on
+    capsys's stream that is closed after the test."""
+    handlers, level = logging.root.handlers[:], logging.root.level
+    yield
+    logging.root.handlers[:] = handlers
+    logging.root.setLevel(level)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray for the module's runs (short temp dir, room for 3 rollout workers). Retried:
+    on a loaded machine the raylet can miss Ray's fixed 15-30 s start-up deadlines."""
+    tmp = tempfile.mkdtemp(prefix="rel", dir="/tmp")
+    for attempt in range(10):
+        try:
+            ray.init(num_cpus=6, include_dashboard=False, _temp_dir=tmp, log_to_driver=False)
+            break
+        except Exception as e:  # Ray raises a bare Exception for "node timed out during startup"
+            ray.shutdown()
+            if attempt == 9 or "timed out during startup" not in str(e):
+                raise
+    yield
+    ray.shutdown()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def fit(cfg, start_model: Path, beside=None) -> GRPOTrainer:
+    """``GRPOTrainer.fit`` (on the module's Ray: its actors end with it), with ``beside(trainer)``
+    in a thread meanwhile; that thread's exception, if any, is raised here."""
+    trainer, errors = GRPOTrainer(cfg, start_model=start_model), []
+
+    def guarded():
+        try:
+            beside(trainer)
+        except BaseException as e:  # noqa: B036 (re-raised in the test's thread)
+            errors.append(e)
+
+    thread = threading.Thread(target=guarded, daemon=True) if beside else None
+    if thread:
+        thread.start()
+    trainer.fit()
+    if thread:
+        thread.join(120)
+    if errors:
+        raise errors[0]
+    return trainer
+
+
+def wait_for(cond, what: str, timeout_s: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
+
+
+def test_scale_bad_input(tmp_path, capsys):
+    def scale(run_dir, n=2) -> str:
+        assert main(["scale", str(run_dir), "--rollout-workers", str(n)]) == 1
+        return capsys.readouterr().err
+
+    assert "no such run directory" in scale(tmp_path / "nope")
+    assert "--rollout-workers must be >= 1, got 0" in scale(tmp_path, 0)
+    assert "no live GRPO job" in scale(tmp_path) and "start the run first" in scale(tmp_path)
+    control = tmp_path / "grpo" / CONTROL_FILE
+    control.parent.mkdir()
+    write_private(control, json.dumps({"address": "127.0.0.1:1", "namespace": "awares-rl", "actor": "scale-x"}))
+    assert stat.S_IMODE(control.stat().st_mode) == 0o600
+    assert "is not running" in scale(tmp_path) and "does not answer" in scale(tmp_path)  # a killed run's file
+    control.chmod(0o644)
+    assert "not private to you" in scale(tmp_path)
+
+
+@pytest.mark.slow
+def test_killed_rollout_worker_matches_undisturbed_run(tmp_path, tool_model_dir, local_ray):
+    steps, killed_at = 3, 1  # SIGKILL worker 1 while step index 1 (logged as step 2) rolls out
+    straight = recipe(tmp_path, "straight", "rollout.num_workers=2", f"grpo.steps={steps}")
+    killed = recipe(tmp_path, "killed", "rollout.num_workers=2", f"grpo.steps={steps}")
+    victim: list[int] = []
+
+    def kill_mid_step(trainer):
+        wait_for(lambda: getattr(trainer, "pool", None) is not None, "the rollout pool")
+        pid = trainer.pool.pids()[1]
+        wait_for(lambda: trainer.pool.rolling_step == killed_at, f"step {killed_at}'s rollouts")
+        os.kill(pid, signal.SIGKILL)
+        victim.append(pid)
+
+    fit(straight, tool_model_dir)
+    fit(killed, tool_model_dir, beside=kill_mid_step)
+    assert victim, "the worker was never killed"
+    want, got = rows(straight), rows(killed)
+    assert [r["step"] for r in got] == list(range(1, steps + 1))
+    assert all(r["rollout/episodes"] == P * G and r["rollout/num_workers"] == 2 for r in got)
+    assert [r["rollout/workers_lost"] for r in got] == [0, 1, 0]
+    assert [r["rollout/reissued_prompts"] for r in got] == [0, P // 2, 0]  # the victim's whole shard
+    assert all(r["rollout/workers_lost"] == 0 for r in want)
+    assert [stable(r) for r in got] == [stable(r) for r in want]  # same episodes, same updates
+    assert got[-1]["rollout/policy_version"] == steps - 1  # the restarted worker got the weights
+
+
+@pytest.mark.slow
+def test_scale_one_two_one_through_the_control_channel(tmp_path, tool_model_dir, local_ray, capsys):
+    cfg = recipe(tmp_path, "scaled", "rollout.num_workers=1", "grpo.steps=8")
+    applied: list[dict] = []
+
+    def scale_up_then_down(trainer):
+        control = cfg.run.dir / "grpo" / CONTROL_FILE
+        wait_for(lambda: (cfg.run.dir / "grpo" / "metrics.jsonl").is_file(), "step 1's metrics")
+        assert stat.S_IMODE(control.stat().st_mode) == 0o600
+        # the CLI's code path, in this process (a new process takes longer to start than the run
+        # takes to end here); it reads the 0600 file and calls the run's named actor
+        assert main(["scale", str(cfg.run.dir), "--rollout-workers", "2"]) == 0
+        said = re.search(r"2 rollout workers from GRPO step (\d+) on", capsys.readouterr().out)
+        assert said
+        applied.append({"workers": 2, "step": int(said[1])})
+        applied.append(request_scale(cfg.run.dir, 1, wait_s=300))  # the Python API
+
+    fit(cfg, tool_model_dir, beside=scale_up_then_down)
+    got = rows(cfg)
+    counts = [r["rollout/num_workers"] for r in got]
+    print("workers per step:", counts, applied)
+    assert all(r["rollout/episodes"] == P * G for r in got)
+    up, down = applied[0]["step"], applied[1]["step"]  # the first logged steps with 2, then 1 again
+    assert 1 < up < down <= len(counts)
+    assert counts == [1] * (up - 1) + [2] * (down - up) + [1] * (len(counts) - down + 1)
+    assert not (cfg.run.dir / "grpo" / CONTROL_FILE).exists()  # gone with the run
+
+
+def test_step_shards_keep_the_seed_of_their_offset():
+    shards = step_shards(list(range(10)), 3, run_seed=5, step=2, group_size=4)
+    assert [(s.offset, s.samples) for s in shards] == [(0, [0, 1, 2, 3]), (4, [4, 5, 6]), (7, [7, 8, 9])]
+    assert [s.seed for s in shards] == [sampling_seed(5, 2, 4 * s.offset) for s in shards]
+    assert len(step_shards([0, 1], 4, 0, 0, 2)) == 2  # never an empty shard
