@@ -47,7 +47,7 @@ from awares_rl.workspace import ensure_data
 from cluster.actor_group import ActorGroup, ensure_ray, log_to_driver, split_evenly
 from cluster.resources import Bundle, check_resources, recipe_resources, totals
 from data_pipeline.datasets import read_samples
-from reward.service import RewardPool
+from reward.remote import make_scorer
 
 if TYPE_CHECKING:
     from awares_rl.config import RecipeConfig
@@ -250,7 +250,7 @@ class GRPOTrainer:
         truncate_metrics(self.out_dir, state.step)  # rows a killed run logged after its checkpoint
         if state.policy_version:
             self.sync(learner, rollout, state.policy_version)
-        reward = RewardPool(self.cfg.reward)
+        reward = make_scorer(self.cfg.reward)  # the local Ray pool, or reward.remote_url's service
         sampler = PromptSampler(len(self.samples), self.cfg.run.seed, **state.extra.get("sampler", {}))
         with self._tracker() as tracker:
             for step in tqdm(range(state.step, g.steps), desc="grpo", initial=state.step, total=g.steps):
