@@ -233,10 +233,15 @@ class GRPOTrainer:
             offset += len(shard)
         return [ep for eps in ray.get(refs) for ep in eps]
 
-    def sync(self, learner, rollout, version: int) -> float:
-        """Push the learner's trainable weights to every rollout worker (one object-store copy)."""
-        weights = ray.put(learner.call("named_weights", True)[0])
-        return max(ray.get([a.load_weights.remote(weights, version) for a in rollout.actors]))
+    def sync(self, learner, rollout, version: int) -> dict[str, float]:
+        """Push the learner's trainable weights to every rollout worker: rank 0 puts them into the
+        object store in buckets itself, the workers fetch them (learner/sync.py); returns the
+        ``sync/*`` metrics (bytes sent, seconds in all, the slowest worker's load seconds)."""
+        t0 = time.perf_counter()
+        update = learner.call("publish_weights", version)[0]
+        load_s = max(ray.get([a.load_weights.remote(update, version) for a in rollout.actors]))
+        return {"sync/bytes": float(update.bytes), "sync/tensors": float(update.num_tensors),
+                "sync/seconds": time.perf_counter() - t0, "sync/load_s": load_s}
 
     def fit(self) -> Path:
         g, G = self.cfg.grpo, self.cfg.rollout.group_size
@@ -264,9 +269,9 @@ class GRPOTrainer:
                 seqs = [episode_to_sequence(ep, float(a)) for ep, a in zip(episodes, adv) if ep.error is None]
                 metrics = self._learn(learner, reference, seqs, step, timer)
                 with timer("sync"):
-                    sync_s = self.sync(learner, rollout, step + 1)
+                    sync = self.sync(learner, rollout, step + 1)
                 state = TrainerState(step + 1, step + 1, state.samples_seen + len(batch), {"sampler": sampler.state()})
-                self._log(tracker, step + 1, episodes, metrics, timer, time.perf_counter() - t0, sync_s)
+                self._log(tracker, step + 1, episodes, metrics, timer, time.perf_counter() - t0, sync)
                 if g.save_every and (step + 1) % g.save_every == 0 and step + 1 < g.steps:
                     learner.call("save", str(step_dir(self.ckpt_root, step + 1)), state)
                     prune_checkpoints(self.ckpt_root, g.keep_checkpoints)
@@ -300,7 +305,7 @@ class GRPOTrainer:
         return stage_tracker(self.cfg, "grpo", self.out_dir)
 
     def _log(self, tracker, step: int, episodes: list[Episode], learner: dict, timer: StageTimer,
-             step_s: float, sync_s: float) -> None:
+             step_s: float, sync: dict[str, float]) -> None:
         ok = [ep for ep in episodes if ep.error is None and ep.reward is not None]
         row = {f"rollout/{k}": v for k, v in episode_metrics(episodes).items()}
         row["rollout/accuracy"] = sum(self.cfg.reward.correct(ep.reward.answer) for ep in ok) / max(len(ok), 1)
@@ -308,8 +313,8 @@ class GRPOTrainer:
         row.update({f"learner/{k}": v for k, v in learner.items()})
         row.update({f"time/{k}_s": v for k, v in timer.seconds.items()})
         model_s = max((ep.timings.get("total_s", 0.0) for ep in episodes), default=0.0) + learner.get("step_s", 0.0)
-        row.update({"time/step_s": step_s, "time/weight_sync_s": sync_s, "perf/episodes_per_s": len(episodes) / step_s,
-                    "perf/model_compute_share": model_s / step_s})
+        row.update({"time/step_s": step_s, "perf/episodes_per_s": len(episodes) / step_s,
+                    "perf/model_compute_share": model_s / step_s, **sync})
         log_step(tracker, self.out_dir, row, step)
         if self.cfg.grpo.log_tables_every and step % self.cfg.grpo.log_tables_every == 0:
             tracker.log_episodes(episodes, step=step, grid=self.paths.episode_grid("grpo"))
