@@ -48,7 +48,7 @@ from awares_rl.workspace import ensure_data
 from cluster.actor_group import ActorGroup, ensure_ray, log_to_driver, split_evenly
 from cluster.resources import Bundle, check_resources, recipe_resources, totals
 from data_pipeline.datasets import read_samples
-from reward.service import RewardPool
+from reward.remote import make_scorer
 
 if TYPE_CHECKING:
     from awares_rl.config import RecipeConfig
@@ -227,11 +227,16 @@ class GRPOTrainer:
         lost worker's share re-issued with its seeds: ``RolloutPool.rollout``)."""
         return self.pool.rollout(samples, str(self.root), step, self.cfg.run.seed)
 
-    def sync(self, learner, version: int) -> float:
-        """Push the learner's trainable weights to every rollout worker (one object-store copy);
-        the pool keeps them for workers that restart or join later."""
-        weights = ray.put(learner.call("named_weights", True)[0])
-        return self.pool.push(weights, version)
+    def sync(self, learner, version: int) -> dict[str, float]:
+        """Push the learner's trainable weights to every rollout worker: rank 0 puts them into the
+        object store in buckets itself (learner/sync.py) and the pool hands that manifest to its
+        workers, keeping it for workers that restart or join later; returns the ``sync/*`` metrics
+        (bytes sent, seconds in all, the slowest worker's load seconds)."""
+        t0 = time.perf_counter()
+        update = learner.call("publish_weights", version)[0]
+        load_s = self.pool.push(update, version)
+        return {"sync/bytes": float(update.bytes), "sync/tensors": float(update.num_tensors),
+                "sync/seconds": time.perf_counter() - t0, "sync/load_s": load_s}
 
     def fit(self) -> Path:
         g = self.cfg.grpo
@@ -245,7 +250,7 @@ class GRPOTrainer:
         truncate_metrics(self.out_dir, state.step)  # rows a killed run logged after its checkpoint
         if state.policy_version:
             self.sync(learner, state.policy_version)
-        reward = RewardPool(self.cfg.reward)
+        reward = make_scorer(self.cfg.reward)  # the local Ray pool, or reward.remote_url's service
         sampler = PromptSampler(len(self.samples), self.cfg.run.seed, **state.extra.get("sampler", {}))
         channel = ScaleChannel.open(self.out_dir, len(self.pool), self.cfg.rollout.step_timeout_s)
         try:
@@ -278,9 +283,9 @@ class GRPOTrainer:
         with self._learner_guard(step):
             metrics = self._learn(learner, reference, seqs, step, timer)
             with timer("sync"):
-                sync_s = self.sync(learner, step + 1)
+                sync = self.sync(learner, step + 1)
         state = TrainerState(step + 1, step + 1, state.samples_seen + len(batch), {"sampler": sampler.state()})
-        self._log(tracker, step + 1, episodes, metrics, timer, time.perf_counter() - t0, sync_s, report)
+        self._log(tracker, step + 1, episodes, metrics, timer, time.perf_counter() - t0, sync, report)
         if g.save_every and (step + 1) % g.save_every == 0 and step + 1 < g.steps:
             with self._learner_guard(step):
                 learner.call("save", str(step_dir(self.ckpt_root, step + 1)), state)
@@ -333,7 +338,7 @@ class GRPOTrainer:
         return stage_tracker(self.cfg, "grpo", self.out_dir)
 
     def _log(self, tracker, step: int, episodes: list[Episode], learner: dict, timer: StageTimer,
-             step_s: float, sync_s: float, report: StepReport) -> None:
+             step_s: float, sync: dict[str, float], report: StepReport) -> None:
         ok = [ep for ep in episodes if ep.error is None and ep.reward is not None]
         row = {f"rollout/{k}": v for k, v in episode_metrics(episodes).items()}
         row["rollout/accuracy"] = sum(self.cfg.reward.correct(ep.reward.answer) for ep in ok) / max(len(ok), 1)
@@ -343,8 +348,8 @@ class GRPOTrainer:
         row.update({f"learner/{k}": v for k, v in learner.items()})
         row.update({f"time/{k}_s": v for k, v in timer.seconds.items()})
         model_s = max((ep.timings.get("total_s", 0.0) for ep in episodes), default=0.0) + learner.get("step_s", 0.0)
-        row.update({"time/step_s": step_s, "time/weight_sync_s": sync_s, "perf/episodes_per_s": len(episodes) / step_s,
-                    "perf/model_compute_share": model_s / step_s})
+        row.update({"time/step_s": step_s, "perf/episodes_per_s": len(episodes) / step_s,
+                    "perf/model_compute_share": model_s / step_s, **sync})
         log_step(tracker, self.out_dir, row, step)
         if self.cfg.grpo.log_tables_every and step % self.cfg.grpo.log_tables_every == 0:
             tracker.log_episodes(episodes, step=step, grid=self.paths.episode_grid("grpo"))

@@ -136,7 +136,9 @@ class ActorGroup:
     def __init__(self, cls: type, num_actors: int, *args: Any, cpus_per_actor: float = 1.0,
                  gpus_per_actor: float = 0.0, in_process: bool = False, strategy: str = "PACK",
                  placement: Literal["group", "free"] = "group", max_restarts: int = 0,
-                 max_task_retries: int = 0, **kwargs: Any) -> None:
+                 max_task_retries: int = 0, call_timeout_s: float | None = None, **kwargs: Any) -> None:
+        """``call_timeout_s``: how long ``call`` / ``call_split`` / ``call_chunks`` wait for their
+        results before a TimeoutError naming the class and method (None: no bound)."""
         if num_actors < 1:
             raise ValueError(f"num_actors must be >= 1, got {num_actors}")
         if in_process and num_actors != 1:
@@ -144,6 +146,7 @@ class ActorGroup:
         if placement not in ("group", "free"):
             raise ValueError(f"placement must be 'group' or 'free', got {placement!r}")
         self.num_actors, self.pg, self.actors = num_actors, None, []
+        self.name, self.call_timeout_s = cls.__name__, call_timeout_s
         self._turn = itertools.count()
         self.local = cls(*args, dist=DistInfo(master_port=free_port()), **kwargs) if in_process else None
         if self.local is None:
@@ -192,28 +195,33 @@ class ActorGroup:
         """``method(*args, **kwargs)`` on every actor; their results in rank order."""
         if self.local is not None:
             return [getattr(self.local, method)(*args, **kwargs)]
-        import ray
-
-        return ray.get([getattr(a, method).remote(*args, **kwargs) for a in self.actors])
+        return self._get(method, [getattr(a, method).remote(*args, **kwargs) for a in self.actors])
 
     def call_split(self, method: str, items: Sequence, *args: Any, **kwargs: Any) -> list[Any]:
         """``method(shard, *args, **kwargs)`` with ``items`` split evenly across the actors."""
         if self.local is not None:
             return [getattr(self.local, method)(list(items), *args, **kwargs)]
-        import ray
-
         shards = split_evenly(items, self.num_actors)
-        return ray.get([getattr(a, method).remote(s, *args, **kwargs) for a, s in zip(self.actors, shards)])
+        return self._get(method, [getattr(a, method).remote(s, *args, **kwargs) for a, s in zip(self.actors, shards)])
 
     def call_chunks(self, method: str, chunks: Sequence, *args: Any, **kwargs: Any) -> list[Any]:
         """``method(chunk, *args, **kwargs)`` once per chunk, the chunks dealt round-robin over the
         actors (the turn carries over between calls); the results in chunk order."""
         if self.local is not None:
             return [getattr(self.local, method)(c, *args, **kwargs) for c in chunks]
+        return self._get(method, [getattr(self.actors[next(self._turn) % self.num_actors], method)
+                                  .remote(c, *args, **kwargs) for c in chunks])
+
+    def _get(self, method: str, refs: list) -> list[Any]:
+        """``ray.get(refs)`` within ``call_timeout_s``; past it a TimeoutError naming what it waited for."""
         import ray
 
-        return ray.get([getattr(self.actors[next(self._turn) % self.num_actors], method).remote(c, *args, **kwargs)
-                        for c in chunks])
+        try:
+            return ray.get(refs, timeout=self.call_timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            raise TimeoutError(
+                f"{len(refs)} call(s) of {self.name}.{method} on {self.num_actors} actor(s) not answered within "
+                f"{self.call_timeout_s:g} s: the actors are overloaded or hung (their logs: `ray logs`)") from None
 
     def shutdown(self) -> None:
         """Kill the actors and release the placement group, if any."""

@@ -109,8 +109,10 @@ def recipe_resources(cfg: RecipeConfig) -> RecipeResources:
         "trajectories": [Bundle("trajectory worker", tc.num_workers, *_engine(rc), traj_keys)]
         if tc.num_workers > 1 else [],
         "sft": [Bundle.of("learner", lc)] if on_ray else [],
-        "grpo": [Bundle.of("rollout", rc, "rollout worker"), Bundle.of("reward", cfg.reward, "reward worker")],
+        "grpo": [Bundle.of("rollout", rc, "rollout worker")],
     }
+    if cfg.reward.remote_url is None:  # else a running `awares-rl serve-reward` scores (reward.make_scorer)
+        stages["grpo"].append(Bundle.of("reward", cfg.reward, "reward worker"))
     if on_ray:
         stages["grpo"].insert(0, Bundle.of("learner", lc))
         if cfg.grpo.kl_coef > 0:

@@ -11,6 +11,7 @@ all tries), even against a server that drips its answer.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -27,7 +28,7 @@ from tenacity import (
 )
 
 from awares_rl.core.episode import Episode, RewardParts
-from reward.scoring import RewardRequest
+from reward.scoring import RewardRequest, set_rewards
 
 RETRY_STATUS = frozenset({429, 502, 503})
 _HINTS = {
@@ -67,6 +68,12 @@ def _error(exc: httpx.HTTPError, url: str, attempts: int) -> RewardClientError:
             detail = exc.response.text[:500]
         hint = _HINTS.get(status, "see the reward service's log")
         return RewardClientError(f"{url} -> HTTP {status}: {hint}; server said: {detail}", status)
+    if isinstance(exc, httpx.TimeoutException):
+        return RewardClientError(
+            f"{url} did not answer in time ({attempts} attempt(s) at most, last: {type(exc).__name__}); "
+            "the service is overloaded or hung: send fewer items (reward.batch_size) or raise "
+            "reward.remote_request_timeout_s / reward.timeout_s"
+        )
     return RewardClientError(
         f"{url} unreachable after {attempts} attempt(s) ({type(exc).__name__}: {exc}); is "
         "`awares-rl serve-reward` running there?"
@@ -91,14 +98,19 @@ class RewardClient:
         self.base_url = base_url.rstrip("/")
         self.http = httpx.Client(base_url=self.base_url, timeout=timeout_s, headers=headers)
         self.attempts, self.backoff_s, self.deadline_s = max_retries + 1, backoff_s, deadline_s
+        self.timeout_s = timeout_s
 
-    def _request(self, method: str, path: str, body: dict | None = None) -> Any:
+    def _request(self, method: str, path: str, body: dict | None = None, end: float | None = None) -> Any:
         # httpx's timeout bounds each network wait; a server that drips its answer resets it with
-        # every chunk, so the whole call (all tries) also has a wall-clock deadline
-        end = time.monotonic() + self.deadline_s
+        # every chunk, so the whole call (all tries) also has a wall-clock deadline: deadline_s, or
+        # the earlier ``end`` (time.monotonic()) of a caller that splits one job into requests
+        end = min(time.monotonic() + self.deadline_s, end if end is not None else math.inf)
 
         def once() -> Any:
-            with self.http.stream(method, path, json=body) as r:
+            left = end - time.monotonic()
+            if left <= 0:
+                raise DeadlineError(f"no time left for {method} {path}")
+            with self.http.stream(method, path, json=body, timeout=min(self.timeout_s, left)) as r:
                 chunks = []
                 for chunk in r.iter_bytes():
                     chunks.append(chunk)
@@ -110,7 +122,7 @@ class RewardClient:
             return full.json()
 
         retrying = Retrying(
-            stop=stop_after_attempt(self.attempts) | stop_after_delay(self.deadline_s),
+            stop=stop_after_attempt(self.attempts) | stop_after_delay(max(end - time.monotonic(), 0)),
             wait=wait_exponential(multiplier=self.backoff_s, max=8 * self.backoff_s),
             retry=retry_if_exception(_retryable),
             reraise=True,
@@ -118,25 +130,27 @@ class RewardClient:
         try:
             return retrying(once)
         except DeadlineError as e:
-            raise RewardClientError(f"{self.base_url + path}: {e}; raise deadline_s or send fewer items") from e
+            raise RewardClientError(f"{self.base_url + path}: {e} (deadline {self.deadline_s:g} s); raise "
+                                    "deadline_s (reward.timeout_s) or send fewer items") from e
         except httpx.HTTPError as e:
             raise _error(e, self.base_url + path, self.attempts) from e
 
     def health(self) -> dict:
         return self._request("GET", "/health")
 
-    def score(self, items: Sequence[RewardRequest | Mapping]) -> list[RewardParts]:
-        """RewardParts for each item (RewardRequest or a dict of its fields), in order."""
+    def score(self, items: Sequence[RewardRequest | Mapping], end: float | None = None) -> list[RewardParts]:
+        """RewardParts for each item (RewardRequest or a dict of its fields), in order; ``end``
+        (time.monotonic()) bounds the call when it comes before ``deadline_s``."""
         payload = [asdict(i) if isinstance(i, RewardRequest) else dict(i) for i in items]
-        results = self._request("POST", "/score", {"items": payload})["results"]
+        results = self._request("POST", "/score", {"items": payload}, end)["results"]
+        if len(results) != len(payload):
+            raise RewardClientError(f"{self.base_url}/score answered {len(results)} results for "
+                                    f"{len(payload)} items: is it an `awares-rl serve-reward`?")
         return [RewardParts(**r) for r in results]
 
     def score_episodes(self, episodes: Sequence[Episode]) -> list[RewardParts]:
         """Score episodes remotely and set each ``ep.reward``."""
-        parts = self.score([RewardRequest.from_episode(ep) for ep in episodes])
-        for ep, p in zip(episodes, parts, strict=True):
-            ep.reward = p
-        return parts
+        return set_rewards(episodes, self.score([RewardRequest.from_episode(ep) for ep in episodes]))
 
     def openrlhf(
         self, query: Sequence[str], prompts: Sequence[str] | None, labels: Sequence[object]

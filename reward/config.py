@@ -72,6 +72,16 @@ class RewardConfig:
     max_connections: int = 64
     # a connection that sends no request this long after connecting or after a response is closed
     keep_alive_s: float = 5.0
+    # GRPO (``make_scorer``) scores through a running `awares-rl serve-reward` at this base URL,
+    # e.g. http://127.0.0.1:8008 (bearer token from $token_env, batch_size items a request),
+    # instead of num_workers local Ray actors; null = the local pool
+    remote_url: str | None = None
+    remote_request_timeout_s: float = 60.0  # bound on each network wait of one try (connect, each read)
+    remote_retries: int = 3  # retries after a network error, a timeout, 429, 502 or 503
+    remote_backoff_s: float = 0.5  # wait before retry k: remote_backoff_s * 2**k, capped at 8x
+    # the most one scoring call may take (all its batches and retries over HTTP; the wait on the
+    # local pool's actors); past it the run stops with an error naming what it waited for
+    timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
         for name in (
@@ -83,7 +93,8 @@ class RewardConfig:
             "request_timeout_s",
         ):
             self._require(getattr(self, name) >= 0, name, "must be >= 0")
-        for name in ("llm_deadline_s", "body_timeout_s", "keep_alive_s"):
+        for name in ("llm_deadline_s", "body_timeout_s", "keep_alive_s", "remote_request_timeout_s",
+                     "timeout_s"):
             self._require(getattr(self, name) > 0, name, "must be > 0 (seconds)")
         self._require(self.format_penalty <= 0, "format_penalty", "must be <= 0 (it is a penalty)")
         self._require(
@@ -101,6 +112,12 @@ class RewardConfig:
             self._require(getattr(self, name) >= 1, name, "must be >= 1")
         self._require(self.cpus_per_worker > 0, "cpus_per_worker", "must be > 0")
         self._require(self.llm_max_retries >= 0, "llm_max_retries", "must be >= 0")
+        self._require(self.remote_retries >= 0, "remote_retries", "must be >= 0")
+        self._require(self.remote_backoff_s >= 0, "remote_backoff_s", "must be >= 0 (seconds)")
+        url = self.remote_url
+        self._require(url is None or (url.startswith(("http://", "https://")) and len(url) > 8), "remote_url",
+                      "must be an http(s) base URL such as http://127.0.0.1:8008 (where `awares-rl "
+                      "serve-reward` listens), or null for the local Ray pool")
         self._require(0 <= self.port <= 65535, "port", "must be in 0..65535")
         self._require(bool(self.token_env), "token_env", "must name an environment variable")
         try:

@@ -171,7 +171,11 @@ def score_requests(requests: Sequence[RewardRequest], cfg: RewardConfig) -> list
 
 def score_episodes(episodes: Sequence[Episode], cfg: RewardConfig) -> list[RewardParts]:
     """Score episodes in-process and set each ``ep.reward``; returns the RewardParts in order."""
-    parts = score_requests([RewardRequest.from_episode(ep) for ep in episodes], cfg)
+    return set_rewards(episodes, score_requests([RewardRequest.from_episode(ep) for ep in episodes], cfg))
+
+
+def set_rewards(episodes: Sequence[Episode], parts: list[RewardParts]) -> list[RewardParts]:
+    """Set each ``ep.reward`` to its RewardParts (one each, in order); returns ``parts``."""
     for ep, p in zip(episodes, parts, strict=True):
         ep.reward = p
     return parts

@@ -17,7 +17,7 @@ from typing import Any
 from awares_rl.core.episode import Episode, RewardParts
 from cluster.actor_group import ActorGroup, DistInfo
 from reward.config import RewardConfig
-from reward.scoring import RewardRequest, score_requests
+from reward.scoring import RewardRequest, score_requests, set_rewards
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class RewardPool:
         self.cfg = cfg
         self.group = ActorGroup(
             RewardService, cfg.num_workers, cfg, threads, cpus_per_actor=cfg.cpus_per_worker,
-            placement="free", max_restarts=2, max_task_retries=2,
+            placement="free", max_restarts=2, max_task_retries=2, call_timeout_s=cfg.timeout_s,
         )
         if warmup:  # fail fast here (a missing model) rather than on the first batch
             self.group.call("warmup")
@@ -120,15 +120,16 @@ class RewardPool:
         """Split into chunks, one actor call each (round-robin), gather in the original order."""
         if not items:
             return []
-        results = self.group.call_chunks("score", self._chunks(to_requests(items)))
+        try:
+            results = self.group.call_chunks("score", self._chunks(to_requests(items)))
+        except TimeoutError as e:
+            raise TimeoutError(f"reward pool: {e}; raise reward.timeout_s, or reward.num_workers / "
+                               "reward.cpus_per_worker") from None
         return [p for chunk_parts in results for p in chunk_parts]
 
     def score_episodes(self, episodes: Sequence[Episode]) -> list[RewardParts]:
         """Score episodes on the actors and set each ``ep.reward``."""
-        parts = self.score(list(episodes))
-        for ep, p in zip(episodes, parts, strict=True):
-            ep.reward = p
-        return parts
+        return set_rewards(episodes, self.score(list(episodes)))
 
     def health(self) -> dict[str, Any]:
         states = self.group.call("health")

@@ -30,6 +30,10 @@ class Probe:
     def pid(self) -> int:
         return os.getpid()
 
+    def nap(self, chunk: Sequence[float]) -> float:
+        time.sleep(max(chunk))
+        return max(chunk)
+
     def die_once(self) -> int:
         """Exit the process the first time (the marker file says it happened); then the pid."""
         if not os.path.exists(self.marker):
@@ -85,6 +89,17 @@ def test_call_chunks_round_robin_in_chunk_order(ray_session):
     assert out == [(r, c, "t") for r, c in zip([0, 1, 0, 1, 0], chunks)]
     assert group.call_chunks("echo", [[8]]) == [(1, [8], "")]  # the turn carries over
     assert group.call_chunks("echo", []) == []
+    group.shutdown()
+
+
+def test_calls_wait_at_most_call_timeout_s(ray_session):
+    group = ActorGroup(Probe, 1, cpus_per_actor=0.25, placement="free", call_timeout_s=2.0)
+    ray_session.get(group.actors[0].pid.remote())  # the actor is up (its start, under load, is not what is bounded)
+    assert group.call_chunks("nap", [[0.0]]) == [0.0]
+    start = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"2 call\(s\) of Probe.nap on 1 actor\(s\) not answered within 2 s"):
+        group.call_chunks("nap", [[0.0], [30.0]])
+    assert time.monotonic() - start < 10
     group.shutdown()
 
 

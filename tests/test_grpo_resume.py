@@ -36,7 +36,7 @@ OVERRIDES = [
     "logging.wandb=false", "grpo.mini_batches=2", "grpo.ppo_epochs=2",  # seeded split, 4 optimizer steps a step
 ]  # fmt: skip
 MARKER = "AWARES_TEST_RUN"
-VOLATILE = ("time/", "perf/", "learner/step_s")  # wall-clock metrics: never equal across runs
+VOLATILE = ("time/", "perf/", "learner/step_s", "sync/seconds", "sync/load_s")  # wall-clock: never equal across runs
 
 
 def marked_pids(tag: str) -> list[int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -56,8 +57,9 @@ class Engine(Protocol):
         """Generate one continuation per request, batched."""
         ...
 
-    def load_weights(self, named_tensors: list[tuple[str, torch.Tensor]], version: int) -> None:
-        """Replace (a subset of) the model's weights in place and record ``version``."""
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
+        """Replace (a subset of) the model's weights in place, consuming ``named_tensors`` once (a
+        stream of object-store buckets), and record ``version``."""
         ...
 
     def close(self) -> None:

@@ -31,6 +31,18 @@ BUCKET_ELEMENTS = 1 << 25  # gradients all-reduced in flat buckets of at most th
 OPTIMIZER_FILE = "optimizer.safetensors"  # torch backend, in trainer_state/
 
 
+def freeze_vision(model) -> int:
+    """``requires_grad = False`` on the model's vision tower (its family's ``vision_tower``: ViT and
+    merger), before the optimizer is built, so neither backend gives it gradients or optimizer
+    state (both take only trainable parameters); returns the number of parameters frozen."""
+    from awares_rl.models.family import family_of
+
+    params = list(family_of(model).vision_tower(model).parameters())
+    for p in params:
+        p.requires_grad_(False)
+    return sum(p.numel() for p in params)
+
+
 def init_process_group(backend: str, world_size: int) -> None:
     """torch.distributed from the env:// variables (``DistInfo.export``), once per process."""
     if world_size > 1 and not dist.is_initialized():

@@ -21,6 +21,10 @@ class LearnerConfig:
     micro_batch_size: int = 4  # sequences per forward/backward; gradients accumulate over a step
     gradient_checkpointing: bool = False  # recompute activations in backward (large models)
     use_ray: bool = True  # false: one worker inside the driver process (needs num_workers=1)
+    # the vision tower (ViT + merger) gets no gradient and no optimizer state, and GRPO's weight
+    # sync sends only the language model (it is the start model's ViT everywhere)
+    freeze_vision: bool = False
+    sync_bucket_mb: float = 64.0  # GRPO weight sync: the learner puts its weights in buckets of about this size
 
     def __post_init__(self) -> None:
         if self.num_workers < 1 or self.micro_batch_size < 1:
@@ -32,6 +36,8 @@ class LearnerConfig:
         require(self.cpus_per_worker > 0, "learner.cpus_per_worker", self.cpus_per_worker, "> 0")
         require(self.threads >= -1, "learner.threads", self.threads, THREADS_HELP)
         require(self.gpus_per_worker >= 0, "learner.gpus_per_worker", self.gpus_per_worker, ">= 0")
+        require(self.sync_bucket_mb > 0, "learner.sync_bucket_mb", self.sync_bucket_mb,
+                "> 0 (MB per object-store bucket of a weight sync, e.g. 64)")
 
 
 def check_training(section: str, lr: float, grad_clip: float, save_every: int, keep: int) -> None:

@@ -26,11 +26,17 @@ import torch
 import torch.distributed as dist
 
 from awares_rl import checkpoint as ckpt_io
-from awares_rl.learner.backends import DeepSpeedBackend, TorchBackend, deepspeed_config
+from awares_rl.learner.backends import (
+    DeepSpeedBackend,
+    TorchBackend,
+    deepspeed_config,
+    freeze_vision,
+)
 from awares_rl.learner.batch import PixelCache, TokenSequence, batch_order, collate_sequences
 from awares_rl.learner.config import LearnerConfig
 from awares_rl.learner.forward import sequence_logprobs
 from awares_rl.learner.objective import Objective, WeightedNLL
+from awares_rl.learner.sync import WeightUpdate, publish
 from awares_rl.models import load_policy, load_processor
 from awares_rl.models.config import ModelConfig
 from cluster.actor_group import DistInfo
@@ -92,6 +98,8 @@ class LearnerWorker:
         policy = load_policy(model_path, model.dtype, model.attn_implementation).to(self.device)
         if learner.gradient_checkpointing:
             policy.gradient_checkpointing_enable()
+        if learner.freeze_vision:
+            freeze_vision(policy)
         optimizer = torch.optim.AdamW(param_groups(policy, optim.weight_decay), lr=optim.lr,
                                       betas=optim.betas, eps=optim.eps)
         if learner.backend == "deepspeed":
@@ -201,16 +209,30 @@ class LearnerWorker:
 
     # ------------------------------------------------------------------ weights and state
     def named_weights(self, trainable_only: bool = True) -> list[tuple[str, torch.Tensor]]:
-        """(name, CPU tensor) in transformers checkpoint naming (``model.layers.*``, ``visual.*``,
+        """(name, CPU tensor copy) in transformers checkpoint naming (``model.layers.*``, ``visual.*``,
         ``lm_head.weight``: what save_pretrained writes and vLLM's reload_weights accepts).
         Rank 0 returns them; other ranks return [] (with ZeRO-3 all ranks must call)."""
+        return [(n, t.cpu().clone()) for n, t in self._weights(trainable_only)]
+
+    def publish_weights(self, version: int, bucket_mb: float | None = None) -> WeightUpdate | None:
+        """The trainable weights (``named_weights``) put into the object store by this actor in
+        buckets of about ``bucket_mb`` (default ``learner.sync_bucket_mb``) MB; rank 0 returns the
+        WeightUpdate, other ranks None (with ZeRO-3 all ranks must call). See learner/sync.py."""
+        named = self._weights(trainable_only=True)
+        if self.dist.rank != 0:
+            return None
+        return publish(named, version, bucket_mb or self.cfg.sync_bucket_mb)
+
+    def _weights(self, trainable_only: bool) -> list[tuple[str, torch.Tensor]]:
+        """(checkpoint name, tensor: the live parameter or the gathered ZeRO-3 copy), sorted by
+        name; [] off rank 0."""
         full = self.backend.full_state_dict()
         if self.dist.rank != 0:
             return []
         params = dict(self.model.named_parameters())
         names = [n for n, p in params.items() if p.requires_grad or not trainable_only]
         source = full if full is not None else {n: p.detach() for n, p in params.items()}
-        return sorted(ckpt_io.checkpoint_names(self.model, {n: source[n].cpu().clone() for n in names}).items())
+        return sorted(ckpt_io.checkpoint_names(self.model, {n: source[n] for n in names}).items())
 
     def save(self, ckpt_dir: str, state: ckpt_io.TrainerState) -> None:
         """A loadable model dir + ``trainer_state/`` (all ranks must call)."""

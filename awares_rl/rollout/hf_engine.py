@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 
 import torch
 
@@ -91,17 +92,18 @@ class HFEngine:
         return results
 
     @torch.no_grad()
-    def load_weights(self, named_tensors: list[tuple[str, torch.Tensor]], version: int) -> None:
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
         """Copy tensors named as in a checkpoint (``model.layers.*``, ``visual.*``: what the learner
-        sends and vLLM takes) or as the module's own parameters into the model."""
+        sends and vLLM takes) or as the module's own parameters into the model, one at a time (a
+        stream of object-store buckets is never held whole); a subset updates only those."""
         from awares_rl.checkpoint import checkpoint_to_module_names
 
         params = dict(self.model.named_parameters())
         to_module = checkpoint_to_module_names(self.model)
-        unknown = [n for n, _ in named_tensors if n not in params and n not in to_module]
-        if unknown:
-            raise KeyError(f"unknown parameter names {unknown[:3]} (of {len(unknown)}) in weight update")
         for name, tensor in named_tensors:
+            if name not in params and name not in to_module:
+                raise KeyError(f"unknown parameter names [{name!r}] in weight update (policy version "
+                               f"{version}): not a parameter of {type(self.model).__name__}")
             target = params[name] if name in params else params[to_module[name]]
             target.copy_(tensor.to(target.dtype))
         self.version = version

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -99,7 +100,9 @@ class VLLMEngine:
             ))
         return results
 
-    def load_weights(self, named_tensors: list[tuple[str, torch.Tensor]], version: int) -> None:
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
+        """Reload the given tensors (all, or a subset: vLLM keeps the other layers' weights, logging
+        "Failed to load weights" for each layer left out) and reset both caches."""
         from safetensors.torch import save_file
 
         with tempfile.NamedTemporaryFile(dir=_shm_dir(), suffix=".safetensors", delete=False) as f:

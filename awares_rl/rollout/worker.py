@@ -14,6 +14,7 @@ import torch
 
 from awares_rl.core.episode import Episode
 from awares_rl.core.images import DEFAULT_MAX_PIXELS
+from awares_rl.learner.sync import WeightUpdate, iter_weights
 from awares_rl.models.config import ModelConfig
 from awares_rl.rollout import EpisodeRunner, EpisodeSettings, SamplingConfig, make_engine
 from awares_rl.rollout.config import RolloutConfig
@@ -47,10 +48,11 @@ class RolloutWorker:
         return self.runner.run(samples, group_size or self.cfg.group_size, sampling or self.sampling,
                                seed=seed, root=Path(root))
 
-    def load_weights(self, named_tensors: list[tuple[str, torch.Tensor]], version: int) -> float:
-        """In-place weight update; returns the seconds it took."""
+    def load_weights(self, weights: WeightUpdate, version: int) -> float:
+        """In-place update to the learner's published weights (``LearnerWorker.publish_weights``),
+        fetched from the object store a bucket at a time; returns the seconds it took."""
         t0 = time.perf_counter()
-        self.engine.load_weights(named_tensors, version)
+        self.engine.load_weights(iter_weights(weights), version)
         return time.perf_counter() - t0
 
     def pid(self) -> int:
