@@ -23,7 +23,7 @@ import ray
 import torch
 from tqdm import tqdm
 
-from awares_rl.algo import group_advantages
+from awares_rl.algo import group_advantages, informative_groups
 from awares_rl.checkpoint import (
     TrainerState,
     latest_checkpoint,
@@ -77,6 +77,11 @@ class GRPOConfig:
     keep_checkpoints: int = 2
     resume: bool = True  # continue from the newest complete checkpoint of this run
     log_tables_every: int = 10  # an episode table (images with crop boxes) every N steps
+    # DAPO's dynamic sampling: a step trains on prompts_per_step groups whose rewards differ (the
+    # others have advantage 0), drawing up to sampling_rounds batches of prompts to find them;
+    # short of that, groups of equal rewards fill the batch (only the KL term acts on them)
+    dynamic_sampling: bool = False
+    sampling_rounds: int = 4
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.prompts_per_step < 1:
@@ -96,6 +101,8 @@ class GRPOConfig:
         require(self.tis_cap is None or self.tis_cap >= 1, "grpo.tis_cap", self.tis_cap,
                 ">= 1, or null for no importance weight")
         require(self.log_tables_every >= 0, "grpo.log_tables_every", self.log_tables_every, ">= 0 (0: never)")
+        require(1 <= self.sampling_rounds <= 64, "grpo.sampling_rounds", self.sampling_rounds,
+                "in [1, 64] (prompt batches drawn a step at most with grpo.dynamic_sampling)")
 
 
 
@@ -121,6 +128,17 @@ def episode_advantages(episodes: list[Episode], group_size: int, scale: str) -> 
     """
     rewards = torch.tensor([ep.reward.total if ep.reward else 0.0 for ep in episodes])
     return group_advantages(rewards, group_size, scale=scale)
+
+
+def select_groups(episodes: list[Episode], group_size: int, want: int, kept: list[list[Episode]],
+                  rest: list[list[Episode]]) -> bool:
+    """Deal ``episodes`` (scored, group-contiguous) into ``kept`` (groups whose rewards differ) and
+    ``rest`` (equal rewards); True once ``kept`` holds ``want`` groups."""
+    groups = [episodes[i:i + group_size] for i in range(0, len(episodes), group_size)]
+    rewards = torch.tensor([ep.reward.total if ep.reward else 0.0 for ep in episodes])
+    for group, useful in zip(groups, informative_groups(rewards, group_size), strict=True):
+        (kept if useful else rest).append(group)
+    return len(kept) >= want
 
 
 def minibatch_indices(n: int, mini_batches: int, epochs: int, seed: int) -> list[list[int]]:
@@ -223,10 +241,11 @@ class GRPOTrainer:
                                    gpus_per_actor=lc.gpus_per_worker, in_process=not lc.use_ray)
         return learner, rollout, reference
 
-    def rollout_step(self, rollout, samples: list, step: int) -> list[Episode]:
-        """Samples split across rollout workers; G episodes each, group-contiguous."""
+    def rollout_step(self, rollout, samples: list, step: int, offset: int = 0) -> list[Episode]:
+        """Samples split across rollout workers; G episodes each, group-contiguous. ``offset``: the
+        position of ``samples[0]`` among the step's prompts (its sampling seeds follow from it)."""
         shards = split_evenly(samples, min(len(rollout.actors), len(samples)))
-        refs, offset = [], 0
+        refs = []
         for actor, shard in zip(rollout.actors, shards):
             seed = sampling_seed(self.cfg.run.seed, step, offset * self.cfg.rollout.group_size)
             refs.append(actor.run.remote(shard, str(self.root), seed))
@@ -255,18 +274,15 @@ class GRPOTrainer:
         with self._tracker() as tracker:
             for step in tqdm(range(state.step, g.steps), desc="grpo", initial=state.step, total=g.steps):
                 timer, t0 = StageTimer(), time.perf_counter()
-                batch = [self.samples[i] for i in sampler.next(g.prompts_per_step)]
-                with timer("rollout"):
-                    episodes = self.rollout_step(rollout, batch, step)
-                with timer("reward"):
-                    reward.score_episodes(episodes)
+                episodes, drawn = self.collect(rollout, reward, sampler, step, timer)
                 adv = episode_advantages(episodes, G, g.adv_scale)
                 seqs = [episode_to_sequence(ep, float(a)) for ep, a in zip(episodes, adv) if ep.error is None]
                 metrics = self._learn(learner, reference, seqs, step, timer)
                 with timer("sync"):
                     sync_s = self.sync(learner, rollout, step + 1)
-                state = TrainerState(step + 1, step + 1, state.samples_seen + len(batch), {"sampler": sampler.state()})
-                self._log(tracker, step + 1, episodes, metrics, timer, time.perf_counter() - t0, sync_s)
+                seen = state.samples_seen + len(drawn) // G
+                state = TrainerState(step + 1, step + 1, seen, {"sampler": sampler.state()})
+                self._log(tracker, step + 1, episodes, drawn, metrics, timer, time.perf_counter() - t0, sync_s)
                 if g.save_every and (step + 1) % g.save_every == 0 and step + 1 < g.steps:
                     learner.call("save", str(step_dir(self.ckpt_root, step + 1)), state)
                     prune_checkpoints(self.ckpt_root, g.keep_checkpoints)
@@ -277,6 +293,29 @@ class GRPOTrainer:
                 group.shutdown()
         reward.shutdown()
         return out
+
+    def collect(self, rollout, reward, sampler: PromptSampler, step: int,
+                timer: StageTimer) -> tuple[list[Episode], list[Episode]]:
+        """The step's training episodes (``prompts_per_step`` groups, scored) and every episode
+        drawn for them. Without ``grpo.dynamic_sampling`` the two are the same one batch; with it,
+        batches are drawn until that many groups have rewards that differ (``select_groups``), at
+        most ``grpo.sampling_rounds`` batches, equal-reward groups filling any shortfall in draw order."""
+        g, G, P = self.cfg.grpo, self.cfg.rollout.group_size, self.cfg.grpo.prompts_per_step
+        drawn: list[Episode] = []
+        kept: list[list[Episode]] = []
+        rest: list[list[Episode]] = []
+        for r in range(g.sampling_rounds if g.dynamic_sampling else 1):
+            batch = [self.samples[i] for i in sampler.next(P)]
+            with timer("rollout"):
+                episodes = self.rollout_step(rollout, batch, step, offset=r * P)
+            with timer("reward"):
+                reward.score_episodes(episodes)
+            drawn += episodes
+            if not g.dynamic_sampling or select_groups(episodes, G, P, kept, rest):
+                break
+        if not g.dynamic_sampling:
+            return drawn, drawn
+        return [ep for group in (kept + rest)[:P] for ep in group], drawn
 
     def _learn(self, learner: ActorGroup, reference: ActorGroup | None, seqs: list[TokenSequence], step: int,
                timer: StageTimer) -> dict[str, float]:
@@ -299,12 +338,19 @@ class GRPOTrainer:
     def _tracker(self):
         return stage_tracker(self.cfg, "grpo", self.out_dir)
 
-    def _log(self, tracker, step: int, episodes: list[Episode], learner: dict, timer: StageTimer,
-             step_s: float, sync_s: float) -> None:
-        ok = [ep for ep in episodes if ep.error is None and ep.reward is not None]
-        row = {f"rollout/{k}": v for k, v in episode_metrics(episodes).items()}
+    def _log(self, tracker, step: int, episodes: list[Episode], drawn: list[Episode], learner: dict,
+             timer: StageTimer, step_s: float, sync_s: float) -> None:
+        """One metrics row: ``rollout/*`` over every episode ``drawn`` this step (the policy as it
+        samples), ``train/*`` over the ``episodes`` trained on."""
+        ok = [ep for ep in drawn if ep.error is None and ep.reward is not None]
+        row = {f"rollout/{k}": v for k, v in episode_metrics(drawn).items()}
         row["rollout/accuracy"] = sum(self.cfg.reward.correct(ep.reward.answer) for ep in ok) / max(len(ok), 1)
-        row["rollout/policy_version"] = min((ep.policy_version for ep in episodes), default=0)
+        row["rollout/policy_version"] = min((ep.policy_version for ep in drawn), default=0)
+        if self.cfg.grpo.dynamic_sampling:
+            G = self.cfg.rollout.group_size
+            rewards = torch.tensor([ep.reward.total if ep.reward else 0.0 for ep in episodes])
+            row["train/informative_groups"] = sum(informative_groups(rewards, G)) / max(len(episodes) // G, 1)
+            row["rollout/prompts_drawn"] = len(drawn) // G
         row.update({f"learner/{k}": v for k, v in learner.items()})
         row.update({f"time/{k}_s": v for k, v in timer.seconds.items()})
         model_s = max((ep.timings.get("total_s", 0.0) for ep in episodes), default=0.0) + learner.get("step_s", 0.0)
