@@ -23,7 +23,7 @@ import ray
 import torch
 from tqdm import tqdm
 
-from awares_rl.algo import group_advantages
+from awares_rl.algo import group_advantages, informative_groups
 from awares_rl.checkpoint import (
     TrainerState,
     latest_checkpoint,
@@ -78,6 +78,11 @@ class GRPOConfig:
     keep_checkpoints: int = 2
     resume: bool = True  # continue from the newest complete checkpoint of this run
     log_tables_every: int = 10  # an episode table (images with crop boxes) every N steps
+    # DAPO's dynamic sampling: a step trains on prompts_per_step groups whose rewards differ (the
+    # others have advantage 0), drawing up to sampling_rounds batches of prompts to find them;
+    # short of that, groups of equal rewards fill the batch (only the KL term acts on them)
+    dynamic_sampling: bool = False
+    sampling_rounds: int = 4
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.prompts_per_step < 1:
@@ -97,6 +102,8 @@ class GRPOConfig:
         require(self.tis_cap is None or self.tis_cap >= 1, "grpo.tis_cap", self.tis_cap,
                 ">= 1, or null for no importance weight")
         require(self.log_tables_every >= 0, "grpo.log_tables_every", self.log_tables_every, ">= 0 (0: never)")
+        require(1 <= self.sampling_rounds <= 64, "grpo.sampling_rounds", self.sampling_rounds,
+                "in [1, 64] (prompt batches drawn a step at most with grpo.dynamic_sampling)")
 
 
 
@@ -122,6 +129,17 @@ def episode_advantages(episodes: list[Episode], group_size: int, scale: str) -> 
     """
     rewards = torch.tensor([ep.reward.total if ep.reward else 0.0 for ep in episodes])
     return group_advantages(rewards, group_size, scale=scale)
+
+
+def select_groups(episodes: list[Episode], group_size: int, want: int, kept: list[list[Episode]],
+                  rest: list[list[Episode]]) -> bool:
+    """Deal ``episodes`` (scored, group-contiguous) into ``kept`` (groups whose rewards differ) and
+    ``rest`` (equal rewards); True once ``kept`` holds ``want`` groups."""
+    groups = [episodes[i:i + group_size] for i in range(0, len(episodes), group_size)]
+    rewards = torch.tensor([ep.reward.total if ep.reward else 0.0 for ep in episodes])
+    for group, useful in zip(groups, informative_groups(rewards, group_size), strict=True):
+        (kept if useful else rest).append(group)
+    return len(kept) >= want
 
 
 def minibatch_indices(n: int, mini_batches: int, epochs: int, seed: int) -> list[list[int]]:
@@ -222,10 +240,38 @@ class GRPOTrainer:
                                    gpus_per_actor=lc.gpus_per_worker, in_process=not lc.use_ray)
         return learner, rollout, reference
 
-    def rollout_step(self, samples: list, step: int) -> tuple[list[Episode], StepReport]:
+    def rollout_step(self, samples: list, step: int, start: int = 0) -> tuple[list[Episode], StepReport]:
         """Samples split across the rollout pool's workers; G episodes each, group-contiguous (a
-        lost worker's share re-issued with its seeds: ``RolloutPool.rollout``)."""
-        return self.pool.rollout(samples, str(self.root), step, self.cfg.run.seed)
+        lost worker's share re-issued with its seeds: ``RolloutPool.rollout``). ``start``: the
+        position of ``samples[0]`` among the step's prompts (its sampling seeds follow from it)."""
+        return self.pool.rollout(samples, str(self.root), step, self.cfg.run.seed, start)
+
+    def collect(self, sampler: PromptSampler, step: int, reward,
+                timer: StageTimer) -> tuple[list[Episode], list[Episode], StepReport]:
+        """The step's training episodes (``prompts_per_step`` groups, scored), every episode drawn
+        for them, and the rollout report. Without ``grpo.dynamic_sampling`` the first two are the
+        same one batch; with it, batches are drawn until that many groups have rewards that differ
+        (``select_groups``), at most ``grpo.sampling_rounds`` batches, equal-reward groups filling
+        any shortfall in draw order."""
+        g, G, P = self.cfg.grpo, self.cfg.rollout.group_size, self.cfg.grpo.prompts_per_step
+        drawn: list[Episode] = []
+        kept: list[list[Episode]] = []
+        rest: list[list[Episode]] = []
+        report = StepReport()
+        for r in range(g.sampling_rounds if g.dynamic_sampling else 1):
+            batch = [self.samples[i] for i in sampler.next(P)]
+            with timer("rollout"):
+                episodes, part = self.rollout_step(batch, step, start=r * P)
+            report.workers_lost += part.workers_lost
+            report.reissued_prompts += part.reissued_prompts
+            with timer("reward"):
+                reward.score_episodes(episodes)
+            drawn += episodes
+            if not g.dynamic_sampling or select_groups(episodes, G, P, kept, rest):
+                break
+        if not g.dynamic_sampling:
+            return drawn, drawn, report
+        return [ep for group in (kept + rest)[:P] for ep in group], drawn, report
 
     def sync(self, learner, version: int) -> dict[str, float]:
         """Push the learner's trainable weights to every rollout worker: rank 0 puts them into the
@@ -273,19 +319,16 @@ class GRPOTrainer:
         """One GRPO step: rollout, reward, advantages, update, weight sync, log, checkpoint."""
         (learner, reference, reward), g = groups, self.cfg.grpo
         timer, t0 = StageTimer(), time.perf_counter()
-        batch = [self.samples[i] for i in sampler.next(g.prompts_per_step)]
-        with timer("rollout"):
-            episodes, report = self.rollout_step(batch, step)
-        with timer("reward"):
-            reward.score_episodes(episodes)
+        episodes, drawn, report = self.collect(sampler, step, reward, timer)
         adv = episode_advantages(episodes, self.cfg.rollout.group_size, g.adv_scale)
         seqs = [episode_to_sequence(ep, float(a)) for ep, a in zip(episodes, adv) if ep.error is None]
         with self._learner_guard(step):
             metrics = self._learn(learner, reference, seqs, step, timer)
             with timer("sync"):
                 sync = self.sync(learner, step + 1)
-        state = TrainerState(step + 1, step + 1, state.samples_seen + len(batch), {"sampler": sampler.state()})
-        self._log(tracker, step + 1, episodes, metrics, timer, time.perf_counter() - t0, sync, report)
+        seen = state.samples_seen + len(drawn) // self.cfg.rollout.group_size
+        state = TrainerState(step + 1, step + 1, seen, {"sampler": sampler.state()})
+        self._log(tracker, step + 1, episodes, drawn, metrics, timer, time.perf_counter() - t0, sync, report)
         if g.save_every and (step + 1) % g.save_every == 0 and step + 1 < g.steps:
             with self._learner_guard(step):
                 learner.call("save", str(step_dir(self.ckpt_root, step + 1)), state)
@@ -337,12 +380,19 @@ class GRPOTrainer:
     def _tracker(self):
         return stage_tracker(self.cfg, "grpo", self.out_dir)
 
-    def _log(self, tracker, step: int, episodes: list[Episode], learner: dict, timer: StageTimer,
-             step_s: float, sync: dict[str, float], report: StepReport) -> None:
-        ok = [ep for ep in episodes if ep.error is None and ep.reward is not None]
-        row = {f"rollout/{k}": v for k, v in episode_metrics(episodes).items()}
+    def _log(self, tracker, step: int, episodes: list[Episode], drawn: list[Episode], learner: dict,
+             timer: StageTimer, step_s: float, sync: dict[str, float], report: StepReport) -> None:
+        """One metrics row: ``rollout/*`` over every episode ``drawn`` this step (the policy as it
+        samples), ``train/*`` over the ``episodes`` trained on."""
+        ok = [ep for ep in drawn if ep.error is None and ep.reward is not None]
+        row = {f"rollout/{k}": v for k, v in episode_metrics(drawn).items()}
         row["rollout/accuracy"] = sum(self.cfg.reward.correct(ep.reward.answer) for ep in ok) / max(len(ok), 1)
-        row["rollout/policy_version"] = min((ep.policy_version for ep in episodes), default=0)
+        row["rollout/policy_version"] = min((ep.policy_version for ep in drawn), default=0)
+        if self.cfg.grpo.dynamic_sampling:
+            G = self.cfg.rollout.group_size
+            rewards = torch.tensor([ep.reward.total if ep.reward else 0.0 for ep in episodes])
+            row["train/informative_groups"] = sum(informative_groups(rewards, G)) / max(len(episodes) // G, 1)
+            row["rollout/prompts_drawn"] = len(drawn) // G
         row.update({"rollout/num_workers": len(self.pool), "rollout/workers_lost": report.workers_lost,
                     "rollout/reissued_prompts": report.reissued_prompts})
         row.update({f"learner/{k}": v for k, v in learner.items()})

@@ -13,9 +13,10 @@ import ray
 import torch
 from safetensors.torch import load_file
 
+from awares_rl.algo import informative_groups
 from awares_rl.config import load_recipe
 from awares_rl.core.episode import Episode, RewardParts
-from awares_rl.grpo import GRPOTrainer, episode_advantages
+from awares_rl.grpo import GRPOConfig, GRPOTrainer, episode_advantages, select_groups
 from awares_rl.sampling import PromptSampler, sampling_seed
 from awares_rl.tracking import EPISODE_COLUMNS
 from awares_rl.wandb_offline import read_offline_run
@@ -56,13 +57,33 @@ def test_episode_advantages_group_relative():
     assert torch.allclose(adv, torch.tensor([0.7071, -0.7071, 0.0, 0.0]), atol=1e-3)
 
 
+def _scored(rewards: list[float]) -> list[Episode]:
+    eps = [Episode(f"s{i}", "q", ["a"], "exact", (10, 10)) for i in range(len(rewards))]
+    for ep, r in zip(eps, rewards):
+        ep.reward = RewardParts(r, 0.0, 0.0, r, "exact")
+    return eps
+
+
+def test_dynamic_sampling_keeps_the_groups_whose_rewards_differ():
+    assert informative_groups(torch.tensor([1.0, 1.0, 0.9, 1.0, 0.0, 0.0]), 2) == [False, True, False]
+    with pytest.raises(ValueError, match="groups of 4"):
+        informative_groups(torch.tensor([1.0, 0.0, 1.0]), 4)
+    kept, rest = [], []
+    assert not select_groups(_scored([1, 1, 1, 0.9, 0, 0]), 2, 2, kept, rest)
+    assert [[ep.sample_id for ep in g] for g in kept] == [["s2", "s3"]]
+    assert [[ep.sample_id for ep in g] for g in rest] == [["s0", "s1"], ["s4", "s5"]]
+    assert select_groups(_scored([0, 1]), 2, 2, kept, rest) and len(kept) == 2
+    with pytest.raises(ValueError, match="grpo.sampling_rounds"):
+        GRPOConfig(dynamic_sampling=True, sampling_rounds=0)
+
+
 @pytest.mark.slow
 def test_two_grpo_steps_with_real_actors(tmp_path, tool_model_dir, wandb_sandbox):
     cfg = load_recipe(RECIPE, [
         f"run.out_dir={tmp_path}", "run.name=g", "data.n_train=8", "rollout.group_size=4",
         "rollout.max_new_tokens=16", "grpo.steps=2", "grpo.prompts_per_step=2", "grpo.lr=1e-3",
         "grpo.save_every=1", "grpo.kl_coef=0.01", "learner.backend=deepspeed", "learner.zero_stage=1",
-        "grpo.mini_batches=2", "grpo.ppo_epochs=2",
+        "grpo.mini_batches=2", "grpo.ppo_epochs=2", "grpo.dynamic_sampling=true", "grpo.sampling_rounds=2",
         "logging.wandb=true", "logging.wandb_mode=offline", "grpo.log_tables_every=2",
     ])
     try:
@@ -73,7 +94,9 @@ def test_two_grpo_steps_with_real_actors(tmp_path, tool_model_dir, wandb_sandbox
     assert [r["step"] for r in rows] == [1, 2]
     assert all(torch.isfinite(torch.tensor(r["learner/loss"])) for r in rows)
     assert rows[0]["rollout/policy_version"] == 0 and rows[1]["rollout/policy_version"] == 1
-    assert rows[0]["rollout/episodes"] == 8 and rows[0]["learner/action_tokens"] > 0
+    # dynamic sampling: one or two batches of 2 prompts drawn, 2 groups trained on
+    assert all(r["rollout/episodes"] == 4 * r["rollout/prompts_drawn"] in (8, 16) for r in rows)
+    assert all(0 <= r["train/informative_groups"] <= 1 for r in rows) and rows[0]["learner/action_tokens"] > 0
     # 2 epochs x 2 mini-batches: 4 optimizer steps a batch, PPO-clipped against the learner's own
     # logprobs before the first, which equal the engine's (it sampled with the synced weights)
     assert [r["learner/step"] for r in rows] == [4, 8]

@@ -1,6 +1,7 @@
 """RL and SFT math for AwaRes: pure torch functions over (B, T) tensors, variants from registries.
 
-- ``group_advantages``: GRPO / Dr. GRPO group-relative advantages (``ADVANTAGE_SCALES``).
+- ``group_advantages``: GRPO / Dr. GRPO group-relative advantages (``ADVANTAGE_SCALES``);
+  ``informative_groups``: the groups whose rewards differ (DAPO's dynamic sampling).
 - ``kl_penalty``, ``kl_in_reward``: Schulman's k1/k2/k3 KL estimators (``KL_ESTIMATORS``).
 - ``policy_loss``, ``aggregate``: PPO-clip with low/high clip, KL to the reference, truncated
   importance sampling; token-mean / seq-mean-token-mean / dr-grpo (``AGGREGATIONS``).
@@ -10,7 +11,7 @@
 Shift convention: per-token tensors align with ``input_ids``; logits at t predict token t + 1.
 """
 
-from awares_rl.algo.advantages import ADVANTAGE_SCALES, group_advantages
+from awares_rl.algo.advantages import ADVANTAGE_SCALES, group_advantages, informative_groups
 from awares_rl.algo.kl import KL_ESTIMATORS, kl_in_reward, kl_penalty
 from awares_rl.algo.losses import AGGREGATIONS, aggregate, policy_loss
 from awares_rl.algo.sft import IGNORE_INDEX, weighted_token_nll
@@ -24,6 +25,7 @@ __all__ = [
     "aggregate",
     "entropy_from_logits",
     "group_advantages",
+    "informative_groups",
     "kl_in_reward",
     "kl_penalty",
     "masked_mean",

@@ -62,3 +62,13 @@ def group_advantages(
     grouped = rewards.detach().double().view(-1, group_size)
     centred = grouped - grouped.mean(dim=-1, keepdim=True)
     return (centred / scale_fn(grouped, eps)).view(-1).float()
+
+
+def informative_groups(rewards: torch.Tensor, group_size: int) -> list[bool]:
+    """Which of the groups in ``rewards`` (N*G,), group-contiguous, carry a learning signal: their
+    rewards are not all equal (DAPO's dynamic sampling, arXiv 2503.14476, keeps only those). A
+    group of equal rewards has advantage 0 under every ``ADVANTAGE_SCALES`` entry."""
+    if rewards.dim() != 1 or group_size < 1 or rewards.numel() % group_size:
+        raise ValueError(f"rewards of shape {tuple(rewards.shape)} do not split into groups of {group_size}")
+    grouped = rewards.detach().double().view(-1, group_size)
+    return (grouped != grouped[:, :1]).any(dim=-1).tolist()

@@ -61,9 +61,11 @@ class StepReport:
     reissued_prompts: int = 0
 
 
-def step_shards(samples: Sequence, parts: int, run_seed: int, step: int, group_size: int) -> list[Shard]:
-    """``samples`` cut into ``min(parts, len(samples))`` contiguous shards, each seeded by its offset."""
-    shards, offset = [], 0
+def step_shards(samples: Sequence, parts: int, run_seed: int, step: int, group_size: int,
+                start: int = 0) -> list[Shard]:
+    """``samples`` cut into ``min(parts, len(samples))`` contiguous shards, each seeded by its
+    offset among the step's prompts (``samples[0]`` at ``start``)."""
+    shards, offset = [], start
     for part in split_evenly(samples, min(parts, len(samples))):
         shards.append(Shard(offset, part, sampling_seed(run_seed, step, offset * group_size)))
         offset += len(part)
@@ -149,13 +151,14 @@ class RolloutPool:
                                    f"rollout.step_timeout_s={self.cfg.step_timeout_s:g} s") from None
         return max(seconds)
 
-    def rollout(self, samples: Sequence, root: str, step: int, run_seed: int) -> tuple[list[Episode], StepReport]:
+    def rollout(self, samples: Sequence, root: str, step: int, run_seed: int,
+                start: int = 0) -> tuple[list[Episode], StepReport]:
         """``group_size`` episodes per sample (group-contiguous, in sample order) and the step's
         report (``self.report``: the next ``push`` adds its losses to it); a dead worker's shard is
         re-issued with its seed to another worker."""
         self.report = report = StepReport()
         done, inflight = {}, {}
-        shards = step_shards(samples, len(self.workers), run_seed, step, self.cfg.group_size)
+        shards = step_shards(samples, len(self.workers), run_seed, step, self.cfg.group_size, start)
         deadline, tries = self._deadline(), dict.fromkeys((s.offset for s in shards), 0)
         self.rolling_step = step
         try:
