@@ -78,9 +78,9 @@ class GRPOConfig:
     keep_checkpoints: int = 2
     resume: bool = True  # continue from the newest complete checkpoint of this run
     log_tables_every: int = 10  # an episode table (images with crop boxes) every N steps
-    # DAPO's dynamic sampling: a step trains on prompts_per_step groups whose rewards differ (the
-    # others have advantage 0), drawing up to sampling_rounds batches of prompts to find them;
-    # short of that, groups of equal rewards fill the batch (only the KL term acts on them)
+    # DAPO's dynamic sampling: a step trains on prompts_per_step groups that are neither all right
+    # nor all wrong, drawing up to sampling_rounds batches of prompts to find them; short of that,
+    # the other groups fill the batch in draw order
     dynamic_sampling: bool = False
     sampling_rounds: int = 4
 
@@ -132,12 +132,13 @@ def episode_advantages(episodes: list[Episode], group_size: int, scale: str) -> 
 
 
 def select_groups(episodes: list[Episode], group_size: int, want: int, kept: list[list[Episode]],
-                  rest: list[list[Episode]]) -> bool:
-    """Deal ``episodes`` (scored, group-contiguous) into ``kept`` (groups whose rewards differ) and
-    ``rest`` (equal rewards); True once ``kept`` holds ``want`` groups."""
+                  rest: list[list[Episode]], value) -> bool:
+    """Deal ``episodes`` (scored, group-contiguous) into ``kept`` (groups whose ``value(ep)``
+    differ: DAPO keeps the groups whose accuracy is neither 0 nor 1) and ``rest``; True once
+    ``kept`` holds ``want`` groups."""
     groups = [episodes[i:i + group_size] for i in range(0, len(episodes), group_size)]
-    rewards = torch.tensor([ep.reward.total if ep.reward else 0.0 for ep in episodes])
-    for group, useful in zip(groups, informative_groups(rewards, group_size), strict=True):
+    values = torch.tensor([float(value(ep)) for ep in episodes])
+    for group, useful in zip(groups, informative_groups(values, group_size), strict=True):
         (kept if useful else rest).append(group)
     return len(kept) >= want
 
@@ -251,7 +252,8 @@ class GRPOTrainer:
         """The step's training episodes (``prompts_per_step`` groups, scored), every episode drawn
         for them, and the rollout report. Without ``grpo.dynamic_sampling`` the first two are the
         same one batch; with it, batches are drawn until that many groups have rewards that differ
-        (``select_groups``), at most ``grpo.sampling_rounds`` batches, equal-reward groups filling
+        (``select_groups`` on answer correctness, not on the total reward: a group of right answers
+        that differ only in crop cost is not what dynamic sampling looks for), at most ``grpo.sampling_rounds`` batches, equal-reward groups filling
         any shortfall in draw order."""
         g, G, P = self.cfg.grpo, self.cfg.rollout.group_size, self.cfg.grpo.prompts_per_step
         drawn: list[Episode] = []
@@ -267,7 +269,7 @@ class GRPOTrainer:
             with timer("reward"):
                 reward.score_episodes(episodes)
             drawn += episodes
-            if not g.dynamic_sampling or select_groups(episodes, G, P, kept, rest):
+            if not g.dynamic_sampling or select_groups(episodes, G, P, kept, rest, self._correct):
                 break
         if not g.dynamic_sampling:
             return drawn, drawn, report
@@ -359,6 +361,10 @@ class GRPOTrainer:
                 f"GRPO step {step + 1}: a learner actor died ({type(e).__name__}: {(str(e).splitlines() or [''])[0]}); the run "
                 f"cannot go on without its optimizer state. Run the same command again to resume ({where})") from e
 
+    def _correct(self, ep: Episode) -> bool:
+        """``ep`` answered right (``reward.correct`` on its R_ans)."""
+        return ep.reward is not None and self.cfg.reward.correct(ep.reward.answer)
+
     def _learn(self, learner: ActorGroup, reference: ActorGroup | None, seqs: list[TokenSequence], step: int,
                timer: StageTimer) -> dict[str, float]:
         """The PPO update of one rollout batch: reference logprobs (KL), the learner's own logprobs
@@ -390,8 +396,8 @@ class GRPOTrainer:
         row["rollout/policy_version"] = min((ep.policy_version for ep in drawn), default=0)
         if self.cfg.grpo.dynamic_sampling:
             G = self.cfg.rollout.group_size
-            rewards = torch.tensor([ep.reward.total if ep.reward else 0.0 for ep in episodes])
-            row["train/informative_groups"] = sum(informative_groups(rewards, G)) / max(len(episodes) // G, 1)
+            right = torch.tensor([float(self._correct(ep)) for ep in episodes])
+            row["train/informative_groups"] = sum(informative_groups(right, G)) / max(len(episodes) // G, 1)
             row["rollout/prompts_drawn"] = len(drawn) // G
         row.update({"rollout/num_workers": len(self.pool), "rollout/workers_lost": report.workers_lost,
                     "rollout/reissued_prompts": report.reissued_prompts})

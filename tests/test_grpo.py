@@ -68,11 +68,14 @@ def test_dynamic_sampling_keeps_the_groups_whose_rewards_differ():
     assert informative_groups(torch.tensor([1.0, 1.0, 0.9, 1.0, 0.0, 0.0]), 2) == [False, True, False]
     with pytest.raises(ValueError, match="groups of 4"):
         informative_groups(torch.tensor([1.0, 0.0, 1.0]), 4)
-    kept, rest = [], []
-    assert not select_groups(_scored([1, 1, 1, 0.9, 0, 0]), 2, 2, kept, rest)
+    kept, rest, total = [], [], lambda ep: ep.reward.total
+    assert not select_groups(_scored([1, 1, 1, 0.9, 0, 0]), 2, 2, kept, rest, total)
     assert [[ep.sample_id for ep in g] for g in kept] == [["s2", "s3"]]
     assert [[ep.sample_id for ep in g] for g in rest] == [["s0", "s1"], ["s4", "s5"]]
-    assert select_groups(_scored([0, 1]), 2, 2, kept, rest) and len(kept) == 2
+    assert select_groups(_scored([0, 1]), 2, 2, kept, rest, total) and len(kept) == 2
+    right = lambda ep: ep.reward.answer == 1  # noqa: E731  (what GRPOTrainer selects on: correctness)
+    kept, rest = [], []
+    assert select_groups(_scored([1, 1, 0, 1]), 2, 1, kept, rest, right) and len(kept) == 1
     with pytest.raises(ValueError, match="grpo.sampling_rounds"):
         GRPOConfig(dynamic_sampling=True, sampling_rounds=0)
 
