@@ -28,6 +28,7 @@ from awares_rl.grpo import GRPOTrainer
 from awares_rl.rollout.control import CONTROL_FILE, request_scale, write_private
 from awares_rl.rollout.pool import step_shards
 from awares_rl.sampling import sampling_seed
+from tests import metrics
 
 RECIPE = Path(__file__).parents[1] / "recipes" / "tiny_cpu.yaml"
 P, G = 4, 2  # prompts a step, episodes a prompt
@@ -37,7 +38,6 @@ OVERRIDES = [
     "grpo.save_every=0", "learner.backend=torch", "learner.use_ray=false", "logging.wandb=false",
 ]  # fmt: skip
 ELASTIC = ("rollout/workers_lost", "rollout/reissued_prompts")  # what a kill may change
-VOLATILE = ("time/", "perf/", "learner/step_s")  # wall-clock metrics: never equal across runs
 
 
 def recipe(tmp_path: Path, name: str, *extra: str):
@@ -49,7 +49,7 @@ def rows(cfg) -> list[dict]:
 
 
 def stable(row: dict) -> dict:
-    return {k: v for k, v in row.items() if not k.startswith(VOLATILE) and k not in ELASTIC}
+    return metrics.stable(row, also=ELASTIC)
 
 
 @pytest.fixture(autouse=True)

@@ -26,6 +26,7 @@ from safetensors.torch import load_file
 from awares_rl.checkpoint import latest_checkpoint
 from awares_rl.tracking import truncate_metrics
 from cluster.actor_group import reap_group_on_exit
+from tests.metrics import stable
 
 RECIPE = str(Path(__file__).parents[1] / "recipes" / "tiny_cpu.yaml")
 STEPS = 4
@@ -36,7 +37,6 @@ OVERRIDES = [
     "logging.wandb=false", "grpo.mini_batches=2", "grpo.ppo_epochs=2",  # seeded split, 4 optimizer steps a step
 ]  # fmt: skip
 MARKER = "AWARES_TEST_RUN"
-VOLATILE = ("time/", "perf/", "learner/step_s", "sync/seconds", "sync/load_s")  # wall-clock: never equal across runs
 
 
 def marked_pids(tag: str) -> list[int]:
@@ -123,10 +123,6 @@ class GRPORun:
 
     def weights(self) -> dict[str, torch.Tensor]:
         return load_file(str(self.dir / "models" / "grpo" / "model.safetensors"))
-
-
-def stable(row: dict) -> dict:
-    return {k: v for k, v in row.items() if not k.startswith(VOLATILE)}
 
 
 def test_truncate_metrics_drops_rows_after_the_checkpoint(tmp_path):
