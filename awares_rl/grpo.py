@@ -6,6 +6,13 @@ rewards into group-relative advantages, runs the learner update (``ppo_epochs`` 
 batch in ``mini_batches`` optimizer steps each, PPO-clipped against the learner's own logprobs
 before the first), and pushes the new weights to every rollout worker (versioned: each Episode
 records the policy version that produced it).
+
+With ``grpo.async_rollout`` the next step's episodes are collected (rollout and reward, in a driver
+thread: ``prefetch.Ahead``) while the learner trains this step, on the weights this step started
+from: one step off-policy, each Episode's ``policy_lag`` 1 and the truncated importance weight
+(``grpo.tis_cap``) correcting for it. A checkpoint step drains the pipeline (nothing runs ahead
+of a checkpoint), so the step after it rolls out on the saved weights and a resumed run repeats
+the uninterrupted one exactly.
 """
 
 from __future__ import annotations
@@ -40,12 +47,13 @@ from awares_rl.learner.batch import TokenSequence, episode_to_sequence
 from awares_rl.learner.config import check_training
 from awares_rl.learner.ppo import PPOClip, pool_steps
 from awares_rl.learner.worker import LearnerWorker, OptimSettings
+from awares_rl.prefetch import Ahead
 from awares_rl.rollout.control import ScaleChannel
 from awares_rl.rollout.pool import RolloutPool, StepReport
 from awares_rl.sampling import PromptSampler, sampling_seed
 from awares_rl.tracking import episode_metrics, log_step, stage_tracker, truncate_metrics
 from awares_rl.workspace import ensure_data
-from cluster.actor_group import ActorGroup, ensure_ray, log_to_driver, split_evenly
+from cluster.actor_group import ActorGroup, ensure_ray, init_local_ray, log_to_driver, split_evenly
 from cluster.resources import Bundle, check_resources, recipe_resources, totals
 from data_pipeline.datasets import read_samples
 from reward.remote import make_scorer
@@ -83,6 +91,9 @@ class GRPOConfig:
     # the other groups fill the batch in draw order
     dynamic_sampling: bool = False
     sampling_rounds: int = 4
+    # one-step off-policy: step t+1's rollouts (on step t's starting weights) run while the
+    # learner trains step t; a checkpoint step drains it (exact resume)
+    async_rollout: bool = False
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.prompts_per_step < 1:
@@ -181,8 +192,8 @@ def start_local_ray(cpus_needed: float) -> None:
     """Start a local Ray sized for the recipe's actors (logical CPUs may exceed the cores: on a
     laptop rollout, reward and learner take turns); with RAY_ADDRESS set, join that cluster."""
     if not ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
-        ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(cpus_needed)), include_dashboard=False,
-                 log_to_driver=log_to_driver())
+        init_local_ray(num_cpus=max(os.cpu_count() or 1, math.ceil(cpus_needed)), include_dashboard=False,
+                       log_to_driver=log_to_driver())
     ensure_ray()
 
 
@@ -220,6 +231,10 @@ class GRPOTrainer:
             raise ValueError(
                 f"grpo.mini_batches={g.mini_batches} x learner.num_workers={cfg.learner.num_workers} needs at least "
                 f"that many episodes a step, got {per_step}: lower grpo.mini_batches or raise grpo.prompts_per_step")
+        if g.async_rollout and -1 in (cfg.learner.threads, cfg.rollout.threads):
+            log.warning("grpo.async_rollout runs rollout and learner at once, but learner.threads / rollout.threads = -1 "
+                        "gives each all %d cores: oversubscribed. Set them to 0 (each stage its cpus_per_worker)",
+                        os.cpu_count() or 1)
         max_len = g.max_len or 2 * cfg.rollout.max_new_tokens  # the most action tokens of a 2-turn episode
         self.objective = PPOClip(g.clip_low, g.clip_high, g.agg, max_len, g.kl_coef, g.kl_kind, g.tis_cap)
 
@@ -265,6 +280,7 @@ class GRPOTrainer:
             with timer("rollout"):
                 episodes, part = self.rollout_step(batch, step, start=r * P)
             report.workers_lost += part.workers_lost
+            report.num_workers = part.num_workers
             report.reissued_prompts += part.reissued_prompts
             with timer("reward"):
                 reward.score_episodes(episodes)
@@ -303,9 +319,10 @@ class GRPOTrainer:
         channel = ScaleChannel.open(self.out_dir, len(self.pool), self.cfg.rollout.step_timeout_s)
         try:
             with self._tracker() as tracker:
+                ready = None  # the next step's batch, collected ahead (grpo.async_rollout)
                 for step in tqdm(range(state.step, g.steps), desc="grpo", initial=state.step, total=g.steps):
-                    self._rescale(channel, step)
-                    state = self._step(step, state, sampler, (learner, reference, reward), tracker)
+                    self._rescale(channel, step)  # the pool is idle here: nothing runs ahead between steps
+                    state, ready = self._step(step, state, sampler, (learner, reference, reward), tracker, ready)
             out = self.paths.model("grpo")
             with self._learner_guard(g.steps - 1):
                 learner.call("save", str(out), state)
@@ -317,25 +334,55 @@ class GRPOTrainer:
         return out
 
     def _step(self, step: int, state: TrainerState, sampler: PromptSampler, groups: tuple,
-              tracker) -> TrainerState:
-        """One GRPO step: rollout, reward, advantages, update, weight sync, log, checkpoint."""
+              tracker, ready: tuple | None = None) -> tuple[TrainerState, tuple | None]:
+        """One GRPO step: rollout (or the batch ``ready`` from running ahead), reward, advantages,
+        update (the next step's batch collected meanwhile with ``grpo.async_rollout``), weight
+        sync, log, checkpoint. Returns the new state and the next step's batch, if collected."""
         (learner, reference, reward), g = groups, self.cfg.grpo
         timer, t0 = StageTimer(), time.perf_counter()
-        episodes, drawn, report = self.collect(sampler, step, reward, timer)
+        if ready is None:
+            episodes, drawn, report = self.collect(sampler, step, reward, timer)
+        else:  # its rollout and reward seconds were spent while the last step trained
+            episodes, drawn, report, timer.seconds = ready
+        for ep in drawn:  # the learner holds policy version ``step``
+            ep.policy_lag = step - ep.policy_version
         adv = episode_advantages(episodes, self.cfg.rollout.group_size, g.adv_scale)
         seqs = [episode_to_sequence(ep, float(a)) for ep, a in zip(episodes, adv) if ep.error is None]
+        ahead = None
+        if g.async_rollout and step + 1 < g.steps and not self._saves(step):
+            ahead = Ahead(lambda: self._collect_ahead(sampler, step + 1, reward), f"step {step + 2}'s rollouts")
         with self._learner_guard(step):
             metrics = self._learn(learner, reference, seqs, step, timer)
+            nxt = None
+            if ahead is not None:
+                with timer("rollout_wait"):  # the rollouts still running once the learner is done
+                    nxt = ahead.result(self._collect_timeout())
             with timer("sync"):
                 sync = self.sync(learner, step + 1)
         seen = state.samples_seen + len(drawn) // self.cfg.rollout.group_size
         state = TrainerState(step + 1, step + 1, seen, {"sampler": sampler.state()})
         self._log(tracker, step + 1, episodes, drawn, metrics, timer, time.perf_counter() - t0, sync, report)
-        if g.save_every and (step + 1) % g.save_every == 0 and step + 1 < g.steps:
+        if self._saves(step):
             with self._learner_guard(step):
                 learner.call("save", str(step_dir(self.ckpt_root, step + 1)), state)
             prune_checkpoints(self.ckpt_root, g.keep_checkpoints)
-        return state
+        return state, nxt
+
+    def _saves(self, step: int) -> bool:
+        """Step ``step`` (0-based) ends with a resumable checkpoint (the final model is saved apart)."""
+        g = self.cfg.grpo
+        return bool(g.save_every) and (step + 1) % g.save_every == 0 and step + 1 < g.steps
+
+    def _collect_ahead(self, sampler: PromptSampler, step: int, reward) -> tuple:
+        """``collect`` for ``step`` run ahead of the learner: its episodes, drawn, report, seconds."""
+        timer = StageTimer()
+        return (*self.collect(sampler, step, reward, timer), timer.seconds)
+
+    def _collect_timeout(self) -> float:
+        """The longest a step's collection can take: each rollout round and each scoring is bounded."""
+        g = self.cfg.grpo
+        rounds = g.sampling_rounds if g.dynamic_sampling else 1
+        return rounds * (self.cfg.rollout.step_timeout_s + self.cfg.reward.timeout_s)
 
     def _rescale(self, channel: ScaleChannel, step: int) -> None:
         """Apply a pending ``awares-rl scale`` request at this step boundary."""
@@ -394,12 +441,13 @@ class GRPOTrainer:
         row = {f"rollout/{k}": v for k, v in episode_metrics(drawn).items()}
         row["rollout/accuracy"] = sum(self.cfg.reward.correct(ep.reward.answer) for ep in ok) / max(len(ok), 1)
         row["rollout/policy_version"] = min((ep.policy_version for ep in drawn), default=0)
+        row["train/policy_lag"] = max((ep.policy_lag for ep in drawn), default=0)
         if self.cfg.grpo.dynamic_sampling:
             G = self.cfg.rollout.group_size
             right = torch.tensor([float(self._correct(ep)) for ep in episodes])
             row["train/informative_groups"] = sum(informative_groups(right, G)) / max(len(episodes) // G, 1)
             row["rollout/prompts_drawn"] = len(drawn) // G
-        row.update({"rollout/num_workers": len(self.pool), "rollout/workers_lost": report.workers_lost,
+        row.update({"rollout/num_workers": report.num_workers, "rollout/workers_lost": report.workers_lost,
                     "rollout/reissued_prompts": report.reissued_prompts})
         row.update({f"learner/{k}": v for k, v in learner.items()})
         row.update({f"time/{k}_s": v for k, v in timer.seconds.items()})

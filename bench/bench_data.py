@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import awares_rl  # noqa: F401  (torchvision shim first)
+from cluster.actor_group import init_local_ray
 from data_pipeline.config import SynthConfig
 from data_pipeline.scene import make_scene
 from data_pipeline.synthetic import generate
@@ -56,7 +57,7 @@ def main() -> None:
         if workers > 1:  # Ray already running (as in a cluster job): task throughput alone
             import ray
 
-            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+            init_local_ray(num_cpus=workers, include_dashboard=False, log_to_driver=False)
             rate = bench_generate(args.n, workers, "ray", cfg)
             ray.shutdown()
             rows.append({"what": "generate (ray, warm)", "workers": workers,

@@ -11,7 +11,6 @@ Usage: python bench/bench_grpo.py [--model runs/tiny_cpu/models/sft] [--steps 3]
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import statistics
@@ -97,32 +96,6 @@ class PeakRSS:
                 if self.peak[p] >= MIN_REPORTED}
 
 
-def start_ray(cpus: float, tries: int = 3) -> None:
-    """The local Ray the run would start, retried: on a loaded machine its raylet may miss Ray's
-    registration deadline ("node timed out during startup"); its raylets get longer, too."""
-    os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
-    for attempt in range(1, tries + 1):
-        before = {p.pid for p in psutil.Process().children(recursive=True)}
-        try:
-            return start_local_ray(cpus)
-        except Exception as e:  # Ray raises a bare Exception for it
-            if "timed out during startup" not in str(e) or attempt == tries:
-                raise
-            ray.shutdown()
-            _end([p for p in psutil.Process().children(recursive=True) if p.pid not in before])
-
-
-def _end(procs: list[psutil.Process]) -> None:
-    """End the processes a failed Ray start left behind (its GCS, dashboard, monitors): ours."""
-    for p in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.terminate()
-    _, alive = psutil.wait_procs(procs, timeout=10)
-    for p in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.kill()
-
-
 def one_config(workers: int, steps: int, backend: str, model_dir: Path, overrides: list[str]) -> dict:
     out = Path(tempfile.mkdtemp())
     cfg = load_recipe("recipes/tiny_cpu.yaml", [
@@ -132,13 +105,14 @@ def one_config(workers: int, steps: int, backend: str, model_dir: Path, override
         "learner.backend=deepspeed", "learner.zero_stage=1", *overrides,
     ])
     with PeakRSS() as rss:
-        start_ray(grpo_cpus(cfg))
+        start_local_ray(grpo_cpus(cfg))  # retried on a slow raylet start (init_local_ray)
         GRPOTrainer(cfg, start_model=model_dir).fit()
         ray.shutdown()
     rows = [json.loads(x) for x in (cfg.run.dir / "grpo" / "metrics.jsonl").read_text().splitlines()][1:]
-    keys = ("time/", "perf/", "rollout/crop_rate", "rollout/num_crops", "rollout/visual_tokens", "rollout/accuracy",
-            "rollout/response_tokens", "learner/tokens")
-    med = {k: statistics.median(r[k] for r in rows) for k in rows[0] if k.startswith(keys)}
+    keys = ("time/", "perf/", "sync/", "train/policy_lag", "rollout/crop_rate", "rollout/num_crops",
+            "rollout/visual_tokens", "rollout/accuracy", "rollout/response_tokens", "learner/tokens")
+    names = sorted({k for r in rows for k in r if k.startswith(keys)})  # time/rollout_wait_s: not every step
+    med = {k: statistics.median(r[k] for r in rows if k in r) for k in names}
     return {"steps_measured": len(rows), **med, "peak_rss_mib": rss.report()}
 
 

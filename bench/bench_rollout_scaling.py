@@ -24,6 +24,7 @@ from awares_rl.config import load_recipe
 from awares_rl.models.tiny import save_tiny
 from awares_rl.rollout.pool import RolloutPool
 from awares_rl.workspace import ensure_data
+from cluster.actor_group import init_local_ray
 from data_pipeline.datasets import read_samples
 
 
@@ -60,7 +61,7 @@ def main() -> None:
         "rollout.cpus_per_worker=1",
     ])
     model_dir = save_tiny(tmp / "tiny")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=tempfile.mkdtemp(dir="/tmp"))
+    init_local_ray(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=tempfile.mkdtemp(dir="/tmp"))
     results = {f"workers={w}": episodes_per_s(cfg, model_dir, w, args.prompts, args.steps) for w in (1, 2)}
     ray.shutdown()
     speedup = results["workers=2"]["episodes_per_s"] / results["workers=1"]["episodes_per_s"]

@@ -30,7 +30,7 @@ from awares_rl.learner.config import LearnerConfig
 from awares_rl.learner.worker import LearnerWorker, OptimSettings
 from awares_rl.models import load_processor
 from awares_rl.models.tiny import TinyModelConfig, save_tiny
-from cluster.actor_group import ActorGroup
+from cluster.actor_group import ActorGroup, init_local_ray
 
 CONFIGS = (  # name, backend, workers, ZeRO stage
     ("torch_1w", "torch", 1, 0),
@@ -89,7 +89,7 @@ def main() -> None:
     import ray
 
     load = os.getloadavg()[0]  # other processes on the machine skew 2-worker numbers most
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    init_local_ray(num_cpus=2, include_dashboard=False, log_to_driver=False)
     model_dir = save_tiny(Path(tempfile.mkdtemp()) / "tiny", TinyModelConfig(vision_depth=3), QUESTIONS)
     seqs = make_sequences(load_processor(model_dir), args.batch)
     results = {}

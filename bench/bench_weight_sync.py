@@ -40,7 +40,7 @@ from awares_rl.models.config import ModelConfig  # noqa: E402
 from awares_rl.models.tiny import TinyModelConfig, build_tiny  # noqa: E402
 from awares_rl.rollout.config import RolloutConfig  # noqa: E402
 from awares_rl.rollout.worker import RolloutWorker  # noqa: E402
-from cluster.actor_group import ActorGroup  # noqa: E402
+from cluster.actor_group import ActorGroup, init_local_ray  # noqa: E402
 
 SIZES = {
     "tiny (default, 0.95 M)": TinyModelConfig(),
@@ -99,7 +99,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "weight_sync.json"))
     args = ap.parse_args()
     load_start = os.getloadavg()
-    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False,
+    init_local_ray(num_cpus=3, include_dashboard=False, log_to_driver=False,
              _temp_dir=tempfile.mkdtemp(prefix="ray", dir="/tmp"))
     try:
         results = [r for name, tiny in SIZES.items() for r in bench_size(name, tiny, args.syncs, args.bucket_mb)]

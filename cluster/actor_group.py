@@ -21,6 +21,7 @@ master: for actors that do not form a process group, such as reward scorers), an
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import socket
@@ -72,6 +73,43 @@ def _master_address() -> tuple[str, int]:
     return ray.util.get_node_ip_address(), free_port()
 
 
+RAY_START_TIMEOUT = "timed out during startup"  # Ray's bare Exception when its raylet misses the deadline
+
+
+def init_local_ray(tries: int = 3, **init_kwargs) -> None:
+    """``ray.init(**init_kwargs)`` for a local cluster, retried when the raylet misses Ray's fixed
+    registration deadline (it does on a loaded 2-core machine: "node timed out during startup"),
+    ending the processes a failed start left behind; the raylet's own wait is raised to 120 s
+    (``RAY_raylet_start_wait_time_s``, unless set). Any other error is raised at once."""
+    import psutil
+    import ray
+
+    os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
+    for attempt in range(1, tries + 1):
+        before = {p.pid for p in psutil.Process().children(recursive=True)}
+        try:
+            ray.init(**init_kwargs)
+            return
+        except Exception as e:  # noqa: BLE001 - Ray raises a bare Exception for it
+            if RAY_START_TIMEOUT not in str(e) or attempt == tries:
+                raise
+            ray.shutdown()
+            _end([p for p in psutil.Process().children(recursive=True) if p.pid not in before])
+
+
+def _end(procs: list) -> None:
+    """Terminate (then kill) ``procs`` (psutil processes): what a failed Ray start left running."""
+    import psutil
+
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=10)
+    for p in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+
+
 def ensure_ray() -> bool:
     """``ray.init()`` (a local cluster, or ``RAY_ADDRESS``'s) unless Ray is up; True if started here.
     Actors' output reaches the driver only with ``VERBOSE_ENV`` set (``log_to_driver``)."""
@@ -79,7 +117,7 @@ def ensure_ray() -> bool:
 
     if ray.is_initialized():
         return False
-    ray.init(include_dashboard=False, log_to_driver=log_to_driver())
+    init_local_ray(include_dashboard=False, log_to_driver=log_to_driver())  # or joins RAY_ADDRESS's
     return True
 
 

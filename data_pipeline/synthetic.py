@@ -155,9 +155,11 @@ def _run_process_pool(out, seed, split, cfg, chunks, workers) -> Iterator[list[d
 def _run_ray(out, seed, split, cfg, chunks, workers) -> Iterator[list[dict]]:
     import ray
 
+    from cluster.actor_group import init_local_ray
+
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+        init_local_ray(num_cpus=workers, include_dashboard=False, log_to_driver=False)
     try:
         task = ray.remote(num_cpus=1)(generate_chunk)
         pending = [task.remote(out, seed, split, cfg, c) for c in chunks]

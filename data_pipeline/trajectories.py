@@ -386,12 +386,12 @@ def ray_process(worker_args: tuple, num_workers: int, rollout, root, out_dir, sp
     """A ``process`` for ``run_batches`` that starts the actors (Ray) and fans batches out."""
     import ray
 
-    from cluster.actor_group import ActorGroup
+    from cluster.actor_group import ActorGroup, init_local_ray
     from cluster.resources import Bundle, check_resources
 
     def process(batches: list[list[Sample]]) -> Iterator[list[Trajectory | Skipped]]:
         if not ray.is_initialized():
-            ray.init(include_dashboard=False, log_to_driver=False)
+            init_local_ray(include_dashboard=False, log_to_driver=False)
         check_resources([Bundle("trajectory worker", num_workers, rollout.cpus_per_worker, rollout.gpus_per_worker,
                                   "trajectories.num_workers, rollout.cpus_per_worker, rollout.gpus_per_worker")])
         group = ActorGroup(TrajectoryWorker, num_workers, *worker_args,

@@ -26,6 +26,7 @@ from awares_rl.core.tokens import (
     image_token_counts,
 )
 from awares_rl.models.tiny import TinyModelConfig, build_tiny
+from cluster.actor_group import init_local_ray
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -147,7 +148,7 @@ def ray_session():
     import ray
 
     tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit 107 chars
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=tmp, log_to_driver=False)
+    init_local_ray(num_cpus=2, include_dashboard=False, _temp_dir=tmp, log_to_driver=False)
     yield ray
     ray.shutdown()
     shutil.rmtree(tmp, ignore_errors=True)

@@ -3,6 +3,7 @@
 A rollout worker killed with SIGKILL mid-step: its share of the step's prompts is re-issued with
 the same seeds, and the run ends exactly as an undisturbed one. ``awares-rl scale`` changes the
 worker count of a running job at step boundaries, through its named-actor control channel.
+``grpo.async_rollout`` rolls out the next step while the learner trains (one step off-policy).
 """
 
 from __future__ import annotations
@@ -21,13 +22,17 @@ from pathlib import Path
 
 import pytest
 import ray
+import torch
+from safetensors.torch import load_file
 
+from awares_rl.checkpoint import step_dir
 from awares_rl.cli import main
 from awares_rl.config import load_recipe
 from awares_rl.grpo import GRPOTrainer
 from awares_rl.rollout.control import CONTROL_FILE, request_scale, write_private
 from awares_rl.rollout.pool import step_shards
 from awares_rl.sampling import sampling_seed
+from cluster.actor_group import init_local_ray
 from tests import metrics
 
 RECIPE = Path(__file__).parents[1] / "recipes" / "tiny_cpu.yaml"
@@ -67,14 +72,7 @@ def local_ray():
     """One local Ray for the module's runs (short temp dir, room for 3 rollout workers). Retried:
     on a loaded machine the raylet can miss Ray's fixed 15-30 s start-up deadlines."""
     tmp = tempfile.mkdtemp(prefix="rel", dir="/tmp")
-    for attempt in range(10):
-        try:
-            ray.init(num_cpus=6, include_dashboard=False, _temp_dir=tmp, log_to_driver=False)
-            break
-        except Exception as e:  # Ray raises a bare Exception for "node timed out during startup"
-            ray.shutdown()
-            if attempt == 9 or "timed out during startup" not in str(e):
-                raise
+    init_local_ray(tries=10, num_cpus=6, include_dashboard=False, _temp_dir=tmp, log_to_driver=False)
     yield
     ray.shutdown()
     shutil.rmtree(tmp, ignore_errors=True)
@@ -179,6 +177,40 @@ def test_scale_one_two_one_through_the_control_channel(tmp_path, tool_model_dir,
     assert 1 < up < down <= len(counts)
     assert counts == [1] * (up - 1) + [2] * (down - up) + [1] * (len(counts) - down + 1)
     assert not (cfg.run.dir / "grpo" / CONTROL_FILE).exists()  # gone with the run
+
+
+@pytest.mark.slow
+def test_async_rollout_runs_one_step_off_policy_and_resumes_exactly(tmp_path, tool_model_dir, local_ray):
+    """grpo.async_rollout: step t+1's episodes come from the weights step t started from (lag 1,
+    the importance weight sees the gap), except after a checkpoint, which drains the pipeline;
+    a run resumed from that checkpoint repeats the uninterrupted one exactly."""
+    extra = ("grpo.steps=4", "grpo.save_every=2", "grpo.async_rollout=true")
+    straight = recipe(tmp_path, "straight", *extra)
+    fit(straight, tool_model_dir)
+    want = rows(straight)
+    assert [r["step"] for r in want] == [1, 2, 3, 4]
+    assert [r["train/policy_lag"] for r in want] == [0, 1, 0, 1]  # step 3 follows the checkpoint
+    assert [r["rollout/policy_version"] for r in want] == [0, 0, 2, 2]
+    assert all(r["rollout/episodes"] == P * G for r in want)
+    for before, r in zip(want, want[1:]):
+        if r["train/policy_lag"] == 0:  # sampled by the weights the learner holds
+            assert r["learner/rollout_kl"] == pytest.approx(0.0, abs=1e-5)
+        elif before["learner/grad_norm"] > 0:  # sampled one update ago: the engine's logprobs differ
+            assert r["learner/rollout_kl"] > 0 and r["learner/tis_weight_mean"] != pytest.approx(1.0, abs=1e-7)
+    assert "time/rollout_wait_s" in want[0] and "time/rollout_wait_s" not in want[1]  # no run-ahead at a checkpoint
+
+    resumed = recipe(tmp_path, "resumed", *extra)  # the straight run's checkpoint at step 2, models removed
+    shutil.copytree(straight.run.dir, resumed.run.dir)
+    shutil.rmtree(resumed.run.dir / "models" / "grpo")
+    ckpts = resumed.run.dir / "checkpoints" / "grpo"
+    assert sorted(ckpts.iterdir()) == [step_dir(ckpts, 2)]
+    fit(resumed, tool_model_dir)
+    got = rows(resumed)
+    assert [r["step"] for r in got] == [1, 2, 3, 4]
+    assert [stable(r) for r in got] == [stable(r) for r in want]
+    a = load_file(str(straight.run.dir / "models" / "grpo" / "model.safetensors"))
+    b = load_file(str(resumed.run.dir / "models" / "grpo" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_step_shards_keep_the_seed_of_their_offset():

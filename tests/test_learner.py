@@ -28,6 +28,7 @@ from awares_rl.learner.worker import LearnerWorker, OptimSettings, WarmupCosine
 from awares_rl.models import load_processor
 from awares_rl.rollout import EpisodeRunner, SamplingConfig
 from awares_rl.rollout.hf_engine import HFEngine
+from cluster.actor_group import init_local_ray
 from tests.conftest import DIRECT_Q, TOOL_Q, episode_inputs, make_image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -136,8 +137,8 @@ def test_warmup_cosine():
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             _temp_dir=str(tmp_path_factory.mktemp("ray")))
+    init_local_ray(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                   _temp_dir=str(tmp_path_factory.mktemp("ray")))
     yield ray
     ray.shutdown()
 

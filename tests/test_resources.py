@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from awares_rl.config import load_recipe
+from cluster.actor_group import init_local_ray
 from cluster.resources import Bundle, ResourceError, check_resources, shortfalls
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "tiny_cpu.yaml"
@@ -21,14 +22,7 @@ def ray_2cpu():
     import ray
 
     tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit 107 chars
-    for attempt in (1, 2):  # on a loaded 2-core machine the raylet's registration can time out once
-        try:
-            ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, _temp_dir=tmp, log_to_driver=False)
-            break
-        except Exception:
-            ray.shutdown()
-            if attempt == 2:
-                raise
+    init_local_ray(num_cpus=2, num_gpus=0, include_dashboard=False, _temp_dir=tmp, log_to_driver=False)
     yield ray
     ray.shutdown()
     shutil.rmtree(tmp, ignore_errors=True)

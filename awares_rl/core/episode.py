@@ -49,6 +49,7 @@ class Episode:
     truncated: bool = False  # a turn hit the token limit
     error: str | None = None  # the sample could not be run (e.g. unreadable image); no tokens
     policy_version: int = 0
+    policy_lag: int = 0  # learner version it was trained at - policy_version (1 with grpo.async_rollout)
     timings: dict[str, float] = field(default_factory=dict)
     reward: RewardParts | None = None
 

@@ -59,6 +59,7 @@ class StepReport:
 
     workers_lost: int = 0
     reissued_prompts: int = 0
+    num_workers: int = 0  # workers the step's prompts were split over
 
 
 def step_shards(samples: Sequence, parts: int, run_seed: int, step: int, group_size: int,
@@ -156,7 +157,7 @@ class RolloutPool:
         """``group_size`` episodes per sample (group-contiguous, in sample order) and the step's
         report (``self.report``: the next ``push`` adds its losses to it); a dead worker's shard is
         re-issued with its seed to another worker."""
-        self.report = report = StepReport()
+        self.report = report = StepReport(num_workers=len(self.workers))
         done, inflight = {}, {}
         shards = step_shards(samples, len(self.workers), run_seed, step, self.cfg.group_size, start)
         deadline, tries = self._deadline(), dict.fromkeys((s.offset for s in shards), 0)
