@@ -303,18 +303,31 @@ class GRPOTrainer:
                 "sync/seconds": time.perf_counter() - t0, "sync/load_s": load_s}
 
     def fit(self) -> Path:
-        g = self.cfg.grpo
-        resume = latest_checkpoint(self.ckpt_root) if g.resume else None
+        """Train (resuming from the newest complete checkpoint), save the final model, return its
+        dir. The run's actors end with it, whether it finishes or fails."""
+        resume = latest_checkpoint(self.ckpt_root) if self.cfg.grpo.resume else None
         if resume is None:
             refuse_fresh_start(self.paths.metrics("grpo"), self.ckpt_root, "grpo")
         learner, self.pool, reference = self._groups(resume or self.start_model)
-        state = learner.call("load_state", str(resume))[0] if resume else TrainerState()
+        owned = [learner, self.pool, reference]
+        try:
+            return self._train(learner, reference, resume, owned)
+        finally:
+            for group in owned:
+                if group is not None:
+                    group.shutdown()
+
+    def _train(self, learner, reference, resume: Path | None, owned: list) -> Path:
+        g = self.cfg.grpo
+        with self._learner_guard(-1):
+            state = learner.call("load_state", str(resume))[0] if resume else TrainerState()
         if resume:
             log.info("resuming from step %d (%s)", state.step, resume)
         truncate_metrics(self.out_dir, state.step)  # rows a killed run logged after its checkpoint
         if state.policy_version:
             self.sync(learner, state.policy_version)
         reward = make_scorer(self.cfg.reward)  # the local Ray pool, or reward.remote_url's service
+        owned.append(reward)
         sampler = PromptSampler(len(self.samples), self.cfg.run.seed, **state.extra.get("sampler", {}))
         channel = ScaleChannel.open(self.out_dir, len(self.pool), self.cfg.rollout.step_timeout_s)
         try:
@@ -328,9 +341,6 @@ class GRPOTrainer:
                 learner.call("save", str(out), state)
         finally:
             channel.close()
-        for group in (learner, self.pool, reference, reward):
-            if group is not None:
-                group.shutdown()
         return out
 
     def _step(self, step: int, state: TrainerState, sampler: PromptSampler, groups: tuple,

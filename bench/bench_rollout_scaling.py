@@ -58,7 +58,7 @@ def main() -> None:
     cfg = load_recipe("recipes/tiny_cpu.yaml", [
         f"run.out_dir={tmp}", "run.name=bench", f"data.n_train={4 * args.prompts}", "data.n_val=2", "data.n_test=2",
         f"rollout.backend={args.backend}", f"rollout.group_size={args.group_size}", "rollout.max_new_tokens=16",
-        "rollout.cpus_per_worker=1",
+        "rollout.cpus_per_worker=1", "rollout.threads=0",  # 1 thread a worker (the recipe's -1: all cores each)
     ])
     model_dir = save_tiny(tmp / "tiny")
     init_local_ray(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=tempfile.mkdtemp(dir="/tmp"))

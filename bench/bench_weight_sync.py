@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/bench_weight_sync.py [--syncs 5] [--bucket-mb 64] [--out bench/results/weight_sync.json]
 
-On a local Ray: one LearnerWorker actor (torch backend, 1 CPU) and one RolloutWorker actor (HF
-engine, 1 CPU) on a tiny model built in-process, for each model size (the embedded default tiny
+On a local Ray: one LearnerWorker actor (torch backend, 1 CPU) and one RolloutWorker actor
+(``--backend``: HF engine by default, or vLLM; 1 CPU) on a tiny model built in-process, for each model size (the embedded default tiny
 Qwen3-VL and a larger tiny config) and each of:
   - ``bucketed``: ``LearnerWorker.publish_weights`` (the learner puts its trainable weights into
     the object store itself, in buckets; only a manifest of refs passes through the driver) then
@@ -70,14 +70,14 @@ def timed_syncs(learner: ActorGroup, worker, mode: str, n: int, bucket_mb: float
             "mb_per_s": timed[0]["bytes"] / 2**20 / statistics.median(r["total_s"] for r in timed)}
 
 
-def bench_size(name: str, tiny: TinyModelConfig, n: int, bucket_mb: float) -> list[dict]:
+def bench_size(name: str, tiny: TinyModelConfig, n: int, bucket_mb: float, backend: str) -> list[dict]:
     model_dir = Path(tempfile.mkdtemp(prefix="bench_sync_"))
     model, processor = build_tiny(tiny, ["what is in the red panel?", "blue", "red"])
     model.save_pretrained(model_dir)
     processor.save_pretrained(model_dir)
     params = sum(p.numel() for p in model.parameters())
     optim = OptimSettings(lr=1e-4, total_steps=10)
-    worker = ray.remote(RolloutWorker).options(num_cpus=1).remote(RolloutConfig(backend="hf"), ModelConfig(),
+    worker = ray.remote(RolloutWorker).options(num_cpus=1).remote(RolloutConfig(backend=backend), ModelConfig(),
                                                                    str(model_dir))
     out = []
     for label, freeze, mode in [("bucketed", False, "learner"), ("bucketed, freeze_vision", True, "learner"),
@@ -86,7 +86,7 @@ def bench_size(name: str, tiny: TinyModelConfig, n: int, bucket_mb: float) -> li
                              optim, cpus_per_actor=1)
         result = timed_syncs(learner, worker, mode, n, bucket_mb)
         learner.shutdown()
-        out.append({"model": name, "parameters": params, "sync": label, **result})
+        out.append({"model": name, "parameters": params, "sync": label, "rollout_backend": backend, **result})
         print(json.dumps(out[-1]), flush=True)
     ray.kill(worker)
     return out
@@ -96,16 +96,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--syncs", type=int, default=5)
     ap.add_argument("--bucket-mb", type=float, default=64.0, help="learner.sync_bucket_mb")
+    ap.add_argument("--backend", default="hf", choices=("hf", "vllm"), help="the rollout worker's engine")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "weight_sync.json"))
     args = ap.parse_args()
     load_start = os.getloadavg()
     init_local_ray(num_cpus=3, include_dashboard=False, log_to_driver=False,
-             _temp_dir=tempfile.mkdtemp(prefix="ray", dir="/tmp"))
+                   _temp_dir=tempfile.mkdtemp(prefix="ray", dir="/tmp"))
     try:
-        results = [r for name, tiny in SIZES.items() for r in bench_size(name, tiny, args.syncs, args.bucket_mb)]
+        results = [r for name, tiny in SIZES.items()
+                   for r in bench_size(name, tiny, args.syncs, args.bucket_mb, args.backend)]
     finally:
         ray.shutdown()
-    report = {"bench": "weight_sync", "syncs": args.syncs, "bucket_mb": args.bucket_mb, "results": results,
+    report = {"bench": "weight_sync", "syncs": args.syncs, "bucket_mb": args.bucket_mb, "backend": args.backend,
+              "results": results,
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                           "loadavg_start": load_start, "loadavg_end": os.getloadavg()}}
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")

@@ -20,12 +20,13 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import ray
 import torch
 from safetensors.torch import load_file
 
-from awares_rl.checkpoint import step_dir
+from awares_rl.checkpoint import checkpoint_problem, latest_checkpoint, step_dir
 from awares_rl.cli import main
 from awares_rl.config import load_recipe
 from awares_rl.grpo import GRPOTrainer
@@ -211,6 +212,31 @@ def test_async_rollout_runs_one_step_off_policy_and_resumes_exactly(tmp_path, to
     a = load_file(str(straight.run.dir / "models" / "grpo" / "model.safetensors"))
     b = load_file(str(resumed.run.dir / "models" / "grpo" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def ray_processes(actor: str) -> list[int]:
+    """Pids of this machine's ``ray::<actor>`` processes (the module's Ray is the only one)."""
+    return [p.pid for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [""])[0].startswith(f"ray::{actor}")]
+
+
+@pytest.mark.slow
+def test_a_dead_learner_ends_the_run_naming_the_newest_checkpoint(tmp_path, tool_model_dir, local_ray):
+    cfg = recipe(tmp_path, "learner", "learner.use_ray=true", "grpo.steps=30", "grpo.save_every=1")
+    ckpts = cfg.run.dir / "checkpoints" / "grpo"
+
+    def kill_learner(trainer):
+        wait_for(lambda: latest_checkpoint(ckpts) is not None, "the first checkpoint")
+        pids = ray_processes("LearnerWorker")
+        assert len(pids) == 1, pids
+        os.kill(pids[0], signal.SIGKILL)
+
+    with pytest.raises(RuntimeError, match="a learner actor died") as err:
+        fit(cfg, tool_model_dir, beside=kill_learner)
+    newest = latest_checkpoint(ckpts)
+    said = str(err.value)
+    assert f"the newest checkpoint is {newest}" in said and "Run the same command again to resume" in said
+    assert checkpoint_problem(newest) is None  # intact: resume can use it
+    wait_for(lambda: not ray_processes("RolloutWorker"), "the run's rollout worker to end with it", 60)
 
 
 def test_step_shards_keep_the_seed_of_their_offset():
