@@ -169,6 +169,17 @@ def minibatch_indices(n: int, mini_batches: int, epochs: int, seed: int) -> list
     return parts
 
 
+def needs_old_logprobs(parts: list[list[int]], epochs: int) -> list[int]:
+    """Which sequences need ``old_logprobs`` scored before the update, given the optimizer steps'
+    ``parts`` (``minibatch_indices``): all of them with several epochs; with one, all but the
+    first step's, which runs on the very weights pi_old would be scored with, so its detached
+    logprobs are pi_old (ratio 1, as for a single step) and that part of the pass is saved."""
+    if len(parts) < 2:  # one optimizer step: no update before any part
+        return []
+    first = set() if epochs > 1 else set(parts[0])  # with more epochs the first part comes back later
+    return sorted({i for part in parts for i in part} - first)
+
+
 def attach_logprobs(seqs: list[TokenSequence], key: str, scorer: ActorGroup) -> None:
     """Set ``seq.<key>`` (``ref_logprobs`` / ``old_logprobs``) of every sequence to ``scorer``'s
     ``eval_logprobs`` of it, the sequences split across its workers."""
@@ -425,17 +436,17 @@ class GRPOTrainer:
     def _learn(self, learner: ActorGroup, reference: ActorGroup | None, seqs: list[TokenSequence], step: int,
                timer: StageTimer) -> dict[str, float]:
         """The PPO update of one rollout batch: reference logprobs (KL), the learner's own logprobs
-        (pi_old, frozen for the batch) when it takes several optimizer steps on it, then
+        (pi_old, frozen for the batch) of the sequences that ``needs_old_logprobs``, then
         ``ppo_epochs`` x ``mini_batches`` steps; returns their pooled metrics (``pool_steps``).
-        With one step, ``old_logprobs`` would equal the learner's detached logprobs: not computed."""
+        Before the first step ``old_logprobs`` equal the learner's detached logprobs: not computed."""
         g = self.cfg.grpo
         if reference is not None:
             with timer("reference"):
                 attach_logprobs(seqs, "ref_logprobs", reference)
-        if g.ppo_epochs * g.mini_batches > 1:
-            with timer("old_logprobs"):
-                attach_logprobs(seqs, "old_logprobs", learner)
         parts = minibatch_indices(len(seqs), g.mini_batches, g.ppo_epochs, sampling_seed(self.cfg.run.seed, step, 0))
+        if old := needs_old_logprobs(parts, g.ppo_epochs):
+            with timer("old_logprobs"):
+                attach_logprobs([seqs[i] for i in old], "old_logprobs", learner)
         with timer("learner"):
             steps = [learner.call_split("train_step", [seqs[i] for i in part], self.objective)[0] for part in parts]
         return pool_steps(steps, g.ppo_epochs)

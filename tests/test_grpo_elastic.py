@@ -15,6 +15,8 @@ import re
 import shutil
 import signal
 import stat
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -153,19 +155,23 @@ def test_killed_rollout_worker_matches_undisturbed_run(tmp_path, tool_model_dir,
 
 
 @pytest.mark.slow
-def test_scale_one_two_one_through_the_control_channel(tmp_path, tool_model_dir, local_ray, capsys):
-    cfg = recipe(tmp_path, "scaled", "rollout.num_workers=1", "grpo.steps=8")
+def test_scale_one_two_one_through_the_control_channel(tmp_path, tool_model_dir, local_ray):
+    # 24 short steps: time for `awares-rl scale` to start as a process of its own and connect
+    cfg = recipe(tmp_path, "scaled", "rollout.num_workers=1", "grpo.steps=24")
     applied: list[dict] = []
 
     def scale_up_then_down(trainer):
         control = cfg.run.dir / "grpo" / CONTROL_FILE
         wait_for(lambda: (cfg.run.dir / "grpo" / "metrics.jsonl").is_file(), "step 1's metrics")
         assert stat.S_IMODE(control.stat().st_mode) == 0o600
-        # the CLI's code path, in this process (a new process takes longer to start than the run
-        # takes to end here); it reads the 0600 file and calls the run's named actor
-        assert main(["scale", str(cfg.run.dir), "--rollout-workers", "2"]) == 0
-        said = re.search(r"2 rollout workers from GRPO step (\d+) on", capsys.readouterr().out)
-        assert said
+        # the CLI in a process of its own (as a user runs it): it reads the 0600 file and calls the
+        # run's named actor in the run's Ray cluster
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        cli = subprocess.run([sys.executable, "-m", "awares_rl.cli", "scale", str(cfg.run.dir), "--rollout-workers",
+                              "2", "--wait-s", "300"], capture_output=True, text=True, timeout=300, env=env)
+        assert cli.returncode == 0, cli.stderr[-3000:]
+        said = re.search(r"2 rollout workers from GRPO step (\d+) on", cli.stdout)
+        assert said, cli.stdout
         applied.append({"workers": 2, "step": int(said[1])})
         applied.append(request_scale(cfg.run.dir, 1, wait_s=300))  # the Python API
 
@@ -173,6 +179,7 @@ def test_scale_one_two_one_through_the_control_channel(tmp_path, tool_model_dir,
     got = rows(cfg)
     counts = [r["rollout/num_workers"] for r in got]
     print("workers per step:", counts, applied)
+    assert len(applied) == 2, "the run ended before both requests were applied"
     assert all(r["rollout/episodes"] == P * G for r in got)
     up, down = applied[0]["step"], applied[1]["step"]  # the first logged steps with 2, then 1 again
     assert 1 < up < down <= len(counts)

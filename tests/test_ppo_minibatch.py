@@ -12,7 +12,7 @@ import torch
 
 from awares_rl.algo import policy_loss
 from awares_rl.core.config_io import ConfigError, apply_overrides, build
-from awares_rl.grpo import GRPOConfig, attach_logprobs, minibatch_indices
+from awares_rl.grpo import GRPOConfig, attach_logprobs, minibatch_indices, needs_old_logprobs
 from awares_rl.learner.config import LearnerConfig
 from awares_rl.learner.ppo import PPOClip, finish_stats, pool_steps
 from awares_rl.learner.worker import LearnerWorker, OptimSettings
@@ -182,3 +182,30 @@ def test_learner_old_logprobs_make_clipping_act(tiny_dir) -> None:
     steps = [finish_stats(learner.call_split("train_step", seqs, PPOClip())[0]) for _ in range(3)]
     assert steps[0]["ratio_mean"] == pytest.approx(1.0, abs=1e-4) and steps[0]["clip_fraction"] == 0.0
     assert steps[2]["clip_fraction"] > 0.0 and steps[2]["approx_kl"] > 0.0
+
+
+def test_only_the_steps_after_the_first_need_old_logprobs_scored() -> None:
+    parts = minibatch_indices(6, 2, 1, seed=3)
+    assert needs_old_logprobs(parts, epochs=1) == sorted(parts[1])  # the first step runs on pi_old itself
+    assert needs_old_logprobs(minibatch_indices(6, 2, 2, seed=3), epochs=2) == list(range(6))  # all come back
+    assert needs_old_logprobs(minibatch_indices(6, 1, 2, seed=3), epochs=2) == list(range(6))
+    assert needs_old_logprobs(minibatch_indices(6, 1, 1, seed=3), epochs=1) == []  # one step: none
+
+
+def test_the_first_step_is_the_same_with_or_without_scored_old_logprobs(tiny_dir) -> None:
+    """Skipping the first optimizer step's old_logprobs changes nothing: its detached logprobs are
+    pi_old (same loss, same updated weights to 1e-6)."""
+    results = []
+    for scored in (True, False):
+        seqs = sequences(load_processor(tiny_dir), 4)
+        for seq, adv in zip(seqs, [1.0, -1.0, -1.0, 1.0]):
+            seq.advantage = adv
+        learner = ActorGroup(LearnerWorker, 1, str(tiny_dir), LearnerConfig(backend="torch", micro_batch_size=2),
+                             OptimSettings(lr=0.05, total_steps=1, min_lr_ratio=1.0), in_process=True)
+        if scored:
+            attach_logprobs(seqs, "old_logprobs", learner)
+        stats = finish_stats(learner.call_split("train_step", seqs, PPOClip())[0])
+        results.append((stats["loss"], {n: p.detach().clone() for n, p in learner.local.model.named_parameters()}))
+    (loss_a, w_a), (loss_b, w_b) = results
+    assert loss_a == pytest.approx(loss_b, abs=1e-6)
+    assert max((w_a[n] - w_b[n]).abs().max().item() for n in w_a) < 1e-6
