@@ -70,7 +70,8 @@ def timed_syncs(learner: ActorGroup, worker, mode: str, n: int, bucket_mb: float
             "mb_per_s": timed[0]["bytes"] / 2**20 / statistics.median(r["total_s"] for r in timed)}
 
 
-def bench_size(name: str, tiny: TinyModelConfig, n: int, bucket_mb: float, backend: str) -> list[dict]:
+def bench_size(name: str, tiny: TinyModelConfig, n: int, bucket_mb: float, backend: str,
+               learner_backend: str) -> list[dict]:
     model_dir = Path(tempfile.mkdtemp(prefix="bench_sync_"))
     model, processor = build_tiny(tiny, ["what is in the red panel?", "blue", "red"])
     model.save_pretrained(model_dir)
@@ -82,11 +83,12 @@ def bench_size(name: str, tiny: TinyModelConfig, n: int, bucket_mb: float, backe
     out = []
     for label, freeze, mode in [("bucketed", False, "learner"), ("bucketed, freeze_vision", True, "learner"),
                                 ("through the driver", False, "driver")]:
-        learner = ActorGroup(LearnerWorker, 1, str(model_dir), LearnerConfig(backend="torch", freeze_vision=freeze),
-                             optim, cpus_per_actor=1)
+        lc = LearnerConfig(backend=learner_backend, zero_stage=1, freeze_vision=freeze)
+        learner = ActorGroup(LearnerWorker, 1, str(model_dir), lc, optim, cpus_per_actor=1)
         result = timed_syncs(learner, worker, mode, n, bucket_mb)
         learner.shutdown()
-        out.append({"model": name, "parameters": params, "sync": label, "rollout_backend": backend, **result})
+        out.append({"model": name, "parameters": params, "sync": label, "rollout_backend": backend,
+                    "learner_backend": learner_backend, **result})
         print(json.dumps(out[-1]), flush=True)
     ray.kill(worker)
     return out
@@ -97,6 +99,7 @@ def main() -> None:
     ap.add_argument("--syncs", type=int, default=5)
     ap.add_argument("--bucket-mb", type=float, default=64.0, help="learner.sync_bucket_mb")
     ap.add_argument("--backend", default="hf", choices=("hf", "vllm"), help="the rollout worker's engine")
+    ap.add_argument("--learner-backend", default="torch", choices=("torch", "deepspeed"), help="ZeRO-1 for deepspeed")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "weight_sync.json"))
     args = ap.parse_args()
     load_start = os.getloadavg()
@@ -104,10 +107,10 @@ def main() -> None:
                    _temp_dir=tempfile.mkdtemp(prefix="ray", dir="/tmp"))
     try:
         results = [r for name, tiny in SIZES.items()
-                   for r in bench_size(name, tiny, args.syncs, args.bucket_mb, args.backend)]
+                   for r in bench_size(name, tiny, args.syncs, args.bucket_mb, args.backend, args.learner_backend)]
     finally:
         ray.shutdown()
-    report = {"bench": "weight_sync", "syncs": args.syncs, "bucket_mb": args.bucket_mb, "backend": args.backend,
+    report = {"bench": "weight_sync", "syncs": args.syncs, "bucket_mb": args.bucket_mb, "backend": args.backend, "learner_backend": args.learner_backend,
               "results": results,
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                           "loadavg_start": load_start, "loadavg_end": os.getloadavg()}}
