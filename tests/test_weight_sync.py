@@ -18,7 +18,7 @@ from awares_rl.checkpoint import checkpoint_names
 from awares_rl.config import load_recipe
 from awares_rl.grpo import GRPOTrainer
 from awares_rl.learner.config import LearnerConfig
-from awares_rl.learner.sync import WeightUpdate, bucket_tensors, iter_weights
+from awares_rl.learner.sync import WeightUpdate, bucket_tensors, iter_weights, own_storage
 from awares_rl.learner.worker import LearnerWorker
 from awares_rl.models import load_processor
 from awares_rl.models.config import ModelConfig
@@ -36,6 +36,20 @@ def is_visual(name: str) -> bool:
 
 def nbytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def test_views_are_sent_without_their_whole_storage():
+    """A parameter that is a view into a flat buffer (DeepSpeed's) pickles its whole buffer; what
+    publish puts is a copy of the view alone, equal to it. A tensor alone in its storage is not copied."""
+    import pickle
+
+    flat = torch.arange(100_000, dtype=torch.float32)
+    view = flat[1000:1100].view(10, 10)
+    alone = own_storage(view)
+    assert torch.equal(alone, view) and alone.untyped_storage().nbytes() == 400
+    assert len(pickle.dumps(alone)) < 2_000 < 400_000 < len(pickle.dumps(view))
+    whole = torch.ones(3, 4)
+    assert own_storage(whole).data_ptr() == whole.data_ptr()  # the same memory: no copy
 
 
 def test_bucket_tensors_cuts_in_order():

@@ -56,16 +56,26 @@ def bucket_tensors(named: Iterable[tuple[str, torch.Tensor]], bucket_bytes: int)
     return buckets
 
 
+def own_storage(t: torch.Tensor) -> torch.Tensor:
+    """``t`` on the CPU, alone in its storage. Pickling a view (DeepSpeed's parameters are views
+    into one flat buffer) writes its whole storage: 76 views of the tiny model's 3.8 MB buffer
+    made a 0.24 s publish instead of 0.02 s (bench_weight_sync --learner-backend deepspeed)."""
+    t = t.detach().cpu()
+    if t.is_contiguous() and t.storage_offset() == 0 and t.untyped_storage().nbytes() == tensor_bytes(t):
+        return t
+    return t.clone(memory_format=torch.contiguous_format)
+
+
 def publish(named: Iterable[tuple[str, torch.Tensor]], version: int, bucket_mb: float) -> WeightUpdate:
     """``ray.put`` the (name, tensor) pairs in buckets of about ``bucket_mb`` MB from THIS process
     (the learner actor owns them); the tensors are copied into the store, so live parameters may
-    be passed as they are."""
+    be passed as they are (a view is copied out of its storage first, one bucket at a time)."""
     import ray
 
-    buckets = bucket_tensors(((n, t.detach().cpu().contiguous()) for n, t in named), int(bucket_mb * 2**20))
+    buckets = bucket_tensors(((n, t.detach()) for n, t in named), int(bucket_mb * 2**20))
     return WeightUpdate(
         version=version,
-        buckets=tuple(ray.put(b) for b in buckets),
+        buckets=tuple(ray.put([(n, own_storage(t)) for n, t in b]) for b in buckets),
         names=tuple(tuple(n for n, _ in b) for b in buckets),
         bytes=sum(tensor_bytes(t) for b in buckets for _, t in b),
     )
