@@ -277,10 +277,10 @@ class GRPOTrainer:
                 timer: StageTimer) -> tuple[list[Episode], list[Episode], StepReport]:
         """The step's training episodes (``prompts_per_step`` groups, scored), every episode drawn
         for them, and the rollout report. Without ``grpo.dynamic_sampling`` the first two are the
-        same one batch; with it, batches are drawn until that many groups have rewards that differ
-        (``select_groups`` on answer correctness, not on the total reward: a group of right answers
-        that differ only in crop cost is not what dynamic sampling looks for), at most ``grpo.sampling_rounds`` batches, equal-reward groups filling
-        any shortfall in draw order."""
+        same one batch; with it, batches are drawn until that many groups are neither all right nor
+        all wrong (``select_groups`` on answer correctness, not on the total reward: right answers
+        that differ only in crop cost are not what dynamic sampling looks for), at most
+        ``grpo.sampling_rounds`` batches, the other groups filling any shortfall in draw order."""
         g, G, P = self.cfg.grpo, self.cfg.rollout.group_size, self.cfg.grpo.prompts_per_step
         drawn: list[Episode] = []
         kept: list[list[Episode]] = []

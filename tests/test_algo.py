@@ -1,13 +1,13 @@
-"""awares_rl.algo: hand-computed values, masking invariance, and parity with TRL / OpenRLHF / verl.
+"""awares_rl.algo: hand-computed values, masking invariance, and parity with TRL / OpenRLHF / verl
+for advantages and KL (the policy loss's parity: tests/test_algo_parity.py).
 
-The reference functions at the bottom restate, in a few lines each, the published formulas of
-those libraries (the source file is named above each); they are run on the same seeded inputs.
+The reference functions (tests/algo_references.py) restate, in a few lines each, the published
+formulas of those libraries (the source file is named above each); they run on the same seeded inputs.
 """
 
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 
 import pytest
 import torch
@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from awares_rl.algo import (
     AGGREGATIONS,
     KL_ESTIMATORS,
-    aggregate,
     entropy_from_logits,
     group_advantages,
     kl_in_reward,
@@ -26,12 +25,35 @@ from awares_rl.algo import (
     token_logprobs,
     weighted_token_nll,
 )
+from tests.algo_references import (
+    openrlhf_approx_kl,
+    openrlhf_dr_grpo,
+    openrlhf_group_norm,
+    trl_advantages,
+    verl_grpo_advantages,
+    verl_kl_penalty,
+)
 
 LN2 = math.log(2.0)
 
 
 def close(a: torch.Tensor | float, b: torch.Tensor | float, tol: float = 1e-5) -> bool:
     return torch.allclose(torch.as_tensor(a).float(), torch.as_tensor(b).float(), atol=tol)
+
+
+def random_batch(seed: int = 0, b: int = 6, t: int = 7) -> dict[str, torch.Tensor]:
+    """Seeded (B, T) inputs with ragged action masks (every row keeps >= 1 token)."""
+    g = torch.Generator().manual_seed(seed)
+    old = -torch.rand(b, t, generator=g) * 3
+    lengths = torch.randint(1, t + 1, (b,), generator=g)
+    return {
+        "old": old,
+        "logp": old + 0.25 * torch.randn(b, t, generator=g),
+        "ref": old + 0.25 * torch.randn(b, t, generator=g),
+        "rollout": old + 0.4 * torch.randn(b, t, generator=g),
+        "adv": torch.randn(b, generator=g),
+        "mask": (torch.arange(t)[None] < lengths[:, None]).float(),
+    }
 
 
 # ---------------------------------------------------------------------------- advantages
@@ -296,130 +318,6 @@ def test_policy_loss_validation(kwargs: dict, message: str) -> None:
         policy_loss(**args)
 
 
-# ---------------------------------------------------------------------------- parity
-
-
-def random_batch(seed: int = 0, b: int = 6, t: int = 7) -> dict[str, torch.Tensor]:
-    """Seeded (B, T) inputs with ragged action masks (every row keeps >= 1 token)."""
-    g = torch.Generator().manual_seed(seed)
-    old = -torch.rand(b, t, generator=g) * 3
-    lengths = torch.randint(1, t + 1, (b,), generator=g)
-    return {
-        "old": old,
-        "logp": old + 0.25 * torch.randn(b, t, generator=g),
-        "ref": old + 0.25 * torch.randn(b, t, generator=g),
-        "rollout": old + 0.4 * torch.randn(b, t, generator=g),
-        "adv": torch.randn(b, generator=g),
-        "mask": (torch.arange(t)[None] < lengths[:, None]).float(),
-    }
-
-
-def ours(b: dict, **kw) -> tuple[torch.Tensor, dict, torch.Tensor]:
-    logp = b["logp"].clone().requires_grad_()
-    loss, stats = policy_loss(logp, b["old"], b["adv"], b["mask"], **kw)
-    loss.backward()
-    return loss, stats, logp.grad
-
-
-def theirs(fn, b: dict, **kw) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    logp = b["logp"].clone().requires_grad_()
-    loss, clipfrac = fn(logp, old=b["old"], mask=b["mask"], **kw)
-    loss.backward()
-    return loss, clipfrac, logp.grad
-
-
-def assert_parity(mine: tuple, reference: tuple) -> None:
-    (loss, stats, grad), (ref_loss, ref_clipfrac, ref_grad) = mine, reference
-    assert close(loss, ref_loss), (loss, ref_loss)
-    assert close(grad, ref_grad)
-    assert close(stats["clip_fraction"], ref_clipfrac)
-
-
-@pytest.mark.parametrize(
-    ("agg", "trl_type"),
-    [("token-mean", "bnpo"), ("seq-mean-token-mean", "grpo"), ("dr-grpo", "dr_grpo")],
-)
-def test_policy_loss_matches_trl(agg: str, trl_type: str) -> None:
-    b = random_batch(seed=4)
-    mine = ours(
-        b,
-        clip_low=0.2,
-        clip_high=0.28,
-        agg=agg,
-        max_len=16,
-        ref_logp=b["ref"],
-        kl_coef=0.04,
-        rollout_logp=b["rollout"],
-        tis_cap=2.0,
-    )
-    is_ratio = torch.exp(b["old"] - b["rollout"]).clamp(max=2.0)
-    reference = theirs(
-        trl_grpo_loss,
-        b,
-        ref=b["ref"],
-        adv=b["adv"],
-        eps_low=0.2,
-        eps_high=0.28,
-        beta=0.04,
-        loss_type=trl_type,
-        max_len=16,
-        is_ratio=is_ratio,
-    )
-    assert_parity(mine, reference)
-
-
-@pytest.mark.parametrize(
-    ("agg", "token_level"), [("token-mean", True), ("seq-mean-token-mean", False)]
-)
-def test_policy_loss_matches_openrlhf(agg: str, token_level: bool) -> None:
-    b = random_batch(seed=5)
-    mine = ours(b, clip_low=0.2, clip_high=0.3, agg=agg)
-    adv = b["adv"][:, None].expand_as(b["mask"])  # OpenRLHF broadcasts the outcome to tokens
-    reference = theirs(
-        openrlhf_policy_loss, b, adv=adv, eps_low=0.2, eps_high=0.3, token_level=token_level
-    )
-    assert_parity(mine, reference)
-
-
-@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean"])
-def test_policy_loss_matches_verl(agg: str) -> None:
-    b = random_batch(seed=6)
-    assert (torch.exp(b["logp"] - b["old"]) < 3.0).all()  # verl's dual-clip (c = 3) stays inactive
-    mine = ours(
-        b,
-        clip_low=0.2,
-        clip_high=0.28,
-        agg=agg,
-        ref_logp=b["ref"],
-        kl_coef=0.01,
-        rollout_logp=b["rollout"],
-        tis_cap=1.5,
-    )
-    adv = b["adv"][:, None].expand_as(b["mask"])
-    reference = theirs(
-        verl_actor_loss,
-        b,
-        ref=b["ref"],
-        adv=adv,
-        clip_low=0.2,
-        clip_high=0.28,
-        agg=agg,
-        kl_coef=0.01,
-        rollout=b["rollout"],
-        tis_cap=1.5,
-    )
-    assert_parity(mine, reference)
-
-
-def test_dr_grpo_relates_to_verl_seq_mean_token_sum_norm() -> None:
-    # verl's "seq-mean-token-sum-norm" divides the token sum by T only; Dr. GRPO (and TRL's
-    # "dr_grpo", which we follow) divides by B * max_len: the two differ by a factor B.
-    b = random_batch(seed=7)
-    x = torch.randn(6, 7)
-    verl = (x * b["mask"]).sum() / b["mask"].shape[-1]
-    assert close(aggregate(x, b["mask"], "dr-grpo"), verl / 6)
-
-
 # ---------------------------------------------------------------------------- utils
 
 
@@ -503,118 +401,3 @@ def test_weighted_nll_empty_targets_and_validation() -> None:
         weighted_token_nll(logits, torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 3), "sum")
     with pytest.raises(ValueError, match="logits must be"):
         weighted_token_nll(logits[:, :2], torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 3))
-
-
-# ---------------------------------------------------------------------------- references
-# Restated from the public code named above each function, for parity checks only.
-
-
-def trl_advantages(rewards: torch.Tensor, g: int, scale: bool) -> torch.Tensor:
-    # trl/trainer/grpo_trainer.py: GRPOTrainer._generate_and_score_completions
-    mean = rewards.view(-1, g).mean(dim=1).repeat_interleave(g)
-    std = rewards.view(-1, g).std(dim=1).repeat_interleave(g)
-    advantages = rewards - mean
-    return advantages / (std + 1e-4) if scale else advantages
-
-
-def openrlhf_group_norm(rewards: torch.Tensor, g: int) -> torch.Tensor:
-    # openrlhf/trainer/ppo_utils/experience_maker.py: advantage_estimator == "group_norm"
-    r = rewards.reshape(-1, g)
-    return ((r - r.mean(-1, keepdim=True)) / (r.std(-1, keepdim=True) + 1e-9)).reshape(-1)
-
-
-def openrlhf_dr_grpo(rewards: torch.Tensor, g: int) -> torch.Tensor:
-    # openrlhf/trainer/ppo_utils/experience_maker.py: advantage_estimator == "dr_grpo"
-    r = rewards.reshape(-1, g)
-    return (r - r.mean(-1, keepdim=True)).reshape(-1)
-
-
-def verl_grpo_advantages(scores: torch.Tensor, index: list, norm_by_std: bool) -> torch.Tensor:
-    # verl/trainer/ppo/core_algos.py: compute_grpo_outcome_advantage (epsilon = 1e-6)
-    id2score = defaultdict(list)
-    for i, idx in enumerate(index):
-        id2score[idx].append(scores[i])
-    mean = {k: torch.stack(v).mean() for k, v in id2score.items()}
-    std = {k: torch.stack(v).std() for k, v in id2score.items()}
-    out = scores.clone()
-    for i, idx in enumerate(index):
-        out[i] = scores[i] - mean[idx]
-        if norm_by_std:
-            out[i] = out[i] / (std[idx] + 1e-6)
-    return out
-
-
-def openrlhf_approx_kl(logp: torch.Tensor, base: torch.Tensor, kind: str) -> torch.Tensor:
-    # openrlhf/models/utils.py: compute_approx_kl
-    log_ratio = logp.float() - base.float()
-    if kind == "k2":
-        log_ratio = log_ratio**2 / 2.0
-    elif kind == "k3":
-        log_ratio = -log_ratio
-        log_ratio = log_ratio.exp() - 1 - log_ratio
-    return log_ratio.clamp(min=-10, max=10)
-
-
-def verl_kl_penalty(logp: torch.Tensor, ref: torch.Tensor, kind: str) -> torch.Tensor:
-    # verl/trainer/ppo/core_algos.py: kl_penalty ("k1", "k2"/"mse", "k3"/"low_var_kl")
-    if kind == "k1":
-        return logp - ref
-    if kind == "k2":
-        return 0.5 * (logp - ref).square()
-    kl = torch.clamp(ref - logp, min=-20, max=20)
-    return torch.clamp(torch.exp(kl) - kl - 1, min=-10, max=10)
-
-
-def trl_grpo_loss(logp, old, ref, adv, mask, eps_low, eps_high, beta, loss_type, max_len, is_ratio):
-    # trl/trainer/grpo_trainer.py: GRPOTrainer._compute_loss (importance_sampling_ratio is
-    # min(exp(old - vllm_logps), vllm_importance_sampling_cap) from _generate_and_score_completions)
-    per_token_kl = torch.exp(ref - logp) - (ref - logp) - 1
-    coef_1 = torch.exp(logp - old)
-    coef_2 = torch.clamp(coef_1, 1 - eps_low, 1 + eps_high)
-    per_token_loss = -torch.min(coef_1 * adv.unsqueeze(1), coef_2 * adv.unsqueeze(1))
-    per_token_loss = per_token_loss * is_ratio + beta * per_token_kl
-    if loss_type == "grpo":
-        loss = ((per_token_loss * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
-    elif loss_type == "bnpo":
-        loss = (per_token_loss * mask).sum() / mask.sum().clamp(min=1.0)
-    else:  # dr_grpo
-        loss = (per_token_loss * mask).sum() / (per_token_loss.size(0) * max_len)
-    low = (coef_1 < 1 - eps_low) & (adv.unsqueeze(1) < 0)
-    high = (coef_1 > 1 + eps_high) & (adv.unsqueeze(1) > 0)
-    return loss, ((low | high).float() * mask).sum() / mask.sum()
-
-
-def openrlhf_policy_loss(logp, old, adv, mask, eps_low, eps_high, token_level):
-    # openrlhf/models/loss.py: PolicyLoss.forward (masked_mean from openrlhf/models/utils.py)
-    def mm(x, dim=None):
-        return (x * mask).sum() / mask.sum() if dim is None else (x * mask).sum(dim) / mask.sum(dim)
-
-    ratio = (logp - old).exp()
-    surr1 = ratio * adv
-    surr2 = ratio.clamp(1 - eps_low, 1 + eps_high) * adv
-    loss = -torch.min(surr1, surr2)
-    loss = mm(loss) if token_level else mm(loss, -1).mean()
-    return loss, mm(torch.lt(surr2, surr1).float())
-
-
-def verl_actor_loss(logp, old, ref, adv, mask, clip_low, clip_high, agg, kl_coef, rollout, tis_cap):
-    # verl/trainer/ppo/core_algos.py: compute_policy_loss_vanilla (clip_ratio_c = 3, TIS) and
-    # agg_loss; the actor adds kl_coef * agg_loss(kl_penalty(..., "low_var_kl")).
-    def masked_mean(x):  # verl/utils/torch_functional.py
-        return (x * mask).sum() / (mask.sum() + 1e-8)
-
-    def agg_loss(x):
-        if agg == "token-mean":
-            return masked_mean(x)
-        return ((x * mask).sum(-1) / mask.sum(-1)).mean()  # seq-mean-token-mean
-
-    ratio = torch.exp(torch.clamp(logp - old, min=-20.0, max=20.0))
-    pg_losses1 = -adv * ratio
-    pg_losses2 = -adv * torch.clamp(ratio, 1 - clip_low, 1 + clip_high)
-    clip_pg_losses1 = torch.maximum(pg_losses1, pg_losses2)
-    clipfrac = masked_mean(torch.gt(pg_losses2, pg_losses1).float())
-    clip_pg_losses2 = torch.min(-adv * 3.0, clip_pg_losses1)
-    pg_losses = torch.where(adv < 0, clip_pg_losses2, clip_pg_losses1)
-    pg_losses = pg_losses * torch.clamp(torch.exp(old - rollout), max=tis_cap)
-    kl = verl_kl_penalty(logp, ref, "k3")
-    return agg_loss(pg_losses) + kl_coef * agg_loss(kl), clipfrac

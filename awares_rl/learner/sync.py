@@ -72,7 +72,7 @@ def publish(named: Iterable[tuple[str, torch.Tensor]], version: int, bucket_mb: 
     be passed as they are (a view is copied out of its storage first, one bucket at a time)."""
     import ray
 
-    buckets = bucket_tensors(((n, t.detach()) for n, t in named), int(bucket_mb * 2**20))
+    buckets = bucket_tensors(named, int(bucket_mb * 2**20))
     return WeightUpdate(
         version=version,
         buckets=tuple(ray.put([(n, own_storage(t)) for n, t in b]) for b in buckets),
