@@ -125,8 +125,10 @@ def when_agent_ready(call, address: str, timeout_s: float | None = None, poll_s:
                 return call()
     except RetryError as e:
         raise TimeoutError(f"the Ray head at {address} had no job agent after {limit:.0f} s (its dashboard agent "
-                           "has not registered); check `ray status` on the head, or raise "
-                           "AWARES_JOB_AGENT_TIMEOUT_S") from e.last_attempt.exception()
+                           "has not registered); check `ray status` on the head and its dashboard_agent.log (an "
+                           "agent that cannot bind its HTTP port, 52365 unless `ray start "
+                           "--dashboard-agent-listen-port` says otherwise, never registers: another Ray on that "
+                           "machine may hold it), or raise AWARES_JOB_AGENT_TIMEOUT_S") from e.last_attempt.exception()
 
 
 def status(address: str, job_id: str) -> str:

@@ -13,9 +13,19 @@ from pathlib import Path
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct ports free now (all held open together while they are picked)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def start_head(python: Path | str, home: Path, env: dict[str, str], num_cpus: int, attempts: int = 2) -> str:
@@ -26,8 +36,13 @@ def start_head(python: Path | str, home: Path, env: dict[str, str], num_cpus: in
     env.pop("RAY_AUTH_MODE", None)
     # Ray 2.60's `ray start --head` turns token auth on only when a token exists: make one first
     subprocess.run([*ray, "get-auth-token", "--generate"], env=env, check=True, capture_output=True, timeout=120)
-    dash = free_port()
-    cmd = [*ray, "start", "--head", f"--port={free_port()}", f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1",
+    head, dash, agent, client = free_ports(4)
+    # every port Ray would otherwise fix: another Ray on this machine (a test's local session, a
+    # head not yet gone) holds the dashboard agent's 52365, and an agent that cannot bind it runs
+    # without HTTP, so the head never gets a job agent ("No available agent to submit job")
+    ports = {"port": head, "dashboard-port": dash, "dashboard-agent-listen-port": agent,
+             "ray-client-server-port": client}
+    cmd = [*ray, "start", "--head", *(f"--{k}={v}" for k, v in ports.items()), "--dashboard-host=127.0.0.1",
            f"--num-cpus={num_cpus}", "--object-store-memory=300000000", f"--temp-dir={home}/ray",
            "--disable-usage-stats"]
     for _ in range(attempts):
