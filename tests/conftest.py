@@ -152,3 +152,18 @@ def ray_session():
     yield ray
     ray.shutdown()
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _ray_ends_with_its_module(request):
+    """A Ray a test module started in this process (an in-process GRPO ``fit()`` does, as a user's
+    driver would) is shut down after the module, named in a warning: left up, it holds its ports
+    (the dashboard agent's 52365) and its idle processes share the 2 cores with every later test."""
+    yield
+    import sys
+    import warnings
+
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        warnings.warn(f"{request.module.__name__} left a local Ray up in the test process; shut down")
+        ray.shutdown()
