@@ -154,6 +154,15 @@ def max_diff(a: dict, b: dict) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
+def assert_same_training(dp_after: dict, after: dict, initial: dict) -> None:
+    """Data-parallel training moved the weights as one worker did: apart by under 1% of the
+    largest update (1e-3 lr x 2 Adam steps = 2e-3). Adam divides by sqrt(v), so a weight whose
+    gradient is near zero moves by ~lr on float noise alone: the summation order of the ranks'
+    gradients (and the CPU's kernels) sets that, not a fixed 1e-5 (1.4e-5 on an AVX-512 machine)."""
+    update = max_diff(initial, after)
+    assert update > 1e-3 and max_diff(dp_after, after) < 0.01 * update
+
+
 def test_two_deepspeed_workers_equal_one_worker_and_resume(ray_cluster, tiny_dir, tmp_path):
     """5 sequences: 1 torch worker (1 micro-batch of 5) vs 2 DeepSpeed ZeRO-2 actors (3 + 2
     sequences in micro-batches of 2: 2 vs 1 micro-batches, the short rank pads with a zero-loss
@@ -176,7 +185,7 @@ def test_two_deepspeed_workers_equal_one_worker_and_resume(ray_cluster, tiny_dir
         if step == 0:
             group.call("save", str(tmp_path / "step1"), TrainerState(step=1, policy_version=1))
     after, dp_after = weights_of(single), weights_of(group)
-    assert max_diff(dp_after, after) < 1e-5 < max_diff(initial, after)
+    assert_same_training(dp_after, after, initial)
     assert group.call("load_state", str(tmp_path / "step1"))[0].step == 1
     group.call_split("sft_step", seqs)
     assert max_diff(weights_of(group), dp_after) == 0.0
