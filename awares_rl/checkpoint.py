@@ -27,7 +27,7 @@ import json
 import logging
 import random
 import shutil
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -260,21 +260,26 @@ def checkpoint_to_module_names(model) -> dict[str, str]:
     return {c: module_name[id(p)] for c, p in checkpoint_names(model, params).items()}
 
 
+def checkpoint_tensors(ckpt: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """(checkpoint name, tensor) of the model directory's safetensors, one file (or shard) at a time."""
+    from safetensors.torch import load_file
+
+    files = sorted(Path(ckpt).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors in {ckpt}: not a saved model directory")
+    for f in files:
+        yield from load_file(str(f)).items()
+
+
 @torch.no_grad()
 def load_model_weights(model, ckpt: str | Path) -> None:
     """Copy the checkpoint's safetensors (one file or shards) into ``model``'s parameters."""
-    from safetensors.torch import load_file
-
     params = dict(model.named_parameters())
     by_ckpt_name = checkpoint_to_module_names(model)
-    files = sorted(Path(ckpt).glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"no *.safetensors in {ckpt}")
-    for f in files:
-        for name, tensor in load_file(str(f)).items():
-            if name not in by_ckpt_name:
-                raise KeyError(f"{f}: tensor {name!r} matches no parameter of the model")
-            params[by_ckpt_name[name]].copy_(tensor)
+    for name, tensor in checkpoint_tensors(ckpt):
+        if name not in by_ckpt_name:
+            raise KeyError(f"{ckpt}: tensor {name!r} matches no parameter of the model")
+        params[by_ckpt_name[name]].copy_(tensor)
 
 
 def step_dir(root: str | Path, step: int) -> Path:

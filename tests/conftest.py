@@ -165,5 +165,5 @@ def _ray_ends_with_its_module(request):
 
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():
-        warnings.warn(f"{request.module.__name__} left a local Ray up in the test process; shut down")
+        warnings.warn(f"{request.module.__name__} left a local Ray up in the test process; shut down", stacklevel=1)
         ray.shutdown()

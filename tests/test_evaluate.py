@@ -69,3 +69,57 @@ def test_eval_three_modes(tool_model_dir, eval_files, capsys):
     assert [p["visual_tokens"] for p in report["samples"]["full"]] == full_tokens
     assert "tool_call_validity" not in low and "crop_decision_accuracy" not in full
     assert all(s["seconds_per_sample"] > 0 for s in (low, full, policy))
+
+
+def _policy_preds(cfg, checkpoint, files, engine=None):
+    from awares_rl.evaluate import evaluate
+
+    report = evaluate(cfg, checkpoint, files / "test.jsonl", files / "traj.jsonl", engine=engine)
+    return [{k: p[k] for k in ("answer", "crop_ids", "visual_tokens", "tool_call")} for p in report["samples"]["policy"]]
+
+
+@pytest.mark.parametrize("backend", ["hf", "vllm"])
+def test_one_engine_serves_each_checkpoint_in_turn(backend, tiny_dir, tool_model_dir, eval_files):
+    # the final table's way: an engine started on one model (here untrained), switched to another
+    # of the same architecture by loading its weights, predicts what a fresh engine of it does
+    from awares_rl.config import load_recipe
+    from awares_rl.rollout import make_engine, same_serving, switch_engine
+
+    cfg = load_recipe(REPO / "recipes/tiny_cpu.yaml", [f"rollout.backend={backend}", "rollout.fallback_to_hf=false",
+                                                       "eval.modes=[policy]", "eval.max_new_tokens=16"])
+    fresh = _policy_preds(load_recipe(REPO / "recipes/tiny_cpu.yaml", ["rollout.backend=hf", "eval.modes=[policy]",
+                                                                      "eval.max_new_tokens=16"]),
+                          tool_model_dir, eval_files)
+    assert same_serving(tiny_dir, tool_model_dir)
+    engine = make_engine(cfg.rollout, cfg.model, tiny_dir)
+    try:
+        untrained = _policy_preds(cfg, tiny_dir, eval_files, engine)
+        switched = switch_engine(engine, tiny_dir, tool_model_dir, cfg.rollout, cfg.model)
+        assert switched is engine  # no new engine
+        assert _policy_preds(cfg, tool_model_dir, eval_files, switched) == fresh != untrained
+        assert [p["answer"] for p in fresh] == ["red", "blue", "red", "blue"]
+    finally:
+        engine.close()
+
+
+def test_a_checkpoint_that_differs_beyond_its_weights_gets_a_new_engine(tool_model_dir, tmp_path, caplog):
+    import shutil
+
+    from awares_rl.config import load_recipe
+    from awares_rl.rollout import make_engine, same_serving, switch_engine
+
+    other = shutil.copytree(tool_model_dir, tmp_path / "other")
+    assert same_serving(tool_model_dir, other)
+    config = json.loads((other / "config.json").read_text())
+    config["_name_or_path"] = config["text_config"]["_name_or_path"] = "/elsewhere"  # where it came from: no matter
+    (other / "config.json").write_text(json.dumps(config))
+    assert same_serving(tool_model_dir, other)
+    config["text_config"]["rms_norm_eps"] *= 10
+    (other / "config.json").write_text(json.dumps(config))
+    assert not same_serving(tool_model_dir, other)
+    cfg = load_recipe(REPO / "recipes/tiny_cpu.yaml", ["rollout.backend=hf"])
+    engine = make_engine(cfg.rollout, cfg.model, tool_model_dir)
+    with caplog.at_level("INFO", logger="awares_rl.rollout"):
+        new = switch_engine(engine, tool_model_dir, other, cfg.rollout, cfg.model)
+    assert new is not engine and engine.model is None and "a new engine" in caplog.text
+    new.close()

@@ -83,13 +83,14 @@ def stage_grpo(cfg: RecipeConfig, sft_dir: Path) -> Path:
 
 def final_table(cfg: RecipeConfig, base: Path, sft: Path, grpo: Path) -> dict[str, dict]:
     """Rows low_res, full_res (base model), sft, grpo (policy) on the test split; on synthetic
-    data the base row also gets ``grounding``: the crop id of the asked panel, at low res, on val."""
+    data the base row also gets ``grounding``: the crop id of the asked panel, at low res, on val.
+    One engine serves every row: the SFT and GRPO weights are loaded into it (``switch_engine``)."""
     from awares_rl.evaluate import evaluate
-    from awares_rl.rollout import make_engine
+    from awares_rl.rollout import make_engine, switch_engine
 
     data = ensure_data(cfg, cfg.eval.split)
     rows: dict[str, dict] = {}
-    engine = make_engine(cfg.rollout, cfg.model, base, seed=cfg.run.seed)  # one engine, both base evals
+    engine, serving = make_engine(cfg.rollout, cfg.model, base, seed=cfg.run.seed), base
     try:
         base_eval = evaluate(replace(cfg, eval=replace(cfg.eval, modes=["low", "full"])), base, data, engine=engine)
         rows["low_res"], rows["full_res"] = base_eval["summary"]["low"], base_eval["summary"]["full"]
@@ -97,13 +98,14 @@ def final_table(cfg: RecipeConfig, base: Path, sft: Path, grpo: Path) -> dict[st
             probe = evaluate(replace(cfg, eval=replace(cfg.eval, modes=["grounding"])), base,
                              ensure_data(cfg, "val"), engine=engine)
             rows["low_res"]["grounding"] = probe["summary"]["grounding"]["accuracy"]
+        labels = RunPaths(cfg.run.dir).trajectories(cfg.eval.split)
+        for name, model in (("sft", sft), ("grpo", grpo)):
+            engine, serving = switch_engine(engine, serving, model, cfg.rollout, cfg.model, seed=cfg.run.seed), model
+            report = evaluate(replace(cfg, eval=replace(cfg.eval, modes=["policy"])), model, data,
+                              labels if labels.is_file() else None, engine=engine)
+            rows[name] = report["summary"]["policy"]
     finally:
         engine.close()
-    for name, model in (("sft", sft), ("grpo", grpo)):
-        labels = RunPaths(cfg.run.dir).trajectories(cfg.eval.split)
-        report = evaluate(replace(cfg, eval=replace(cfg.eval, modes=["policy"])), model, data,
-                          labels if labels.is_file() else None)
-        rows[name] = report["summary"]["policy"]
     return rows
 
 

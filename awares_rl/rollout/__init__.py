@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 from pathlib import Path
 
@@ -57,7 +58,48 @@ def make_engine(rollout, model, model_path: str | Path, seed: int = 0) -> Engine
                     processor=load_processor(model_path, model))
 
 
+# What an engine serves besides the weights: the architecture, the processor, the tokenizer and
+# the chat template (the files save_pretrained writes; generation_config is not read by engines).
+SERVING_FILES = ("config.json", "preprocessor_config.json", "processor_config.json", "tokenizer.json",
+                 "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "chat_template.json")
+_VOLATILE_KEYS = ("_name_or_path", "transformers_version")  # say where and by what, not what
+
+
+def _without_volatile(data):
+    if isinstance(data, dict):
+        return {k: _without_volatile(v) for k, v in data.items() if k not in _VOLATILE_KEYS}
+    return data
+
+
+def _serving_file(path: Path):
+    if not path.is_file():
+        return None
+    return _without_volatile(json.loads(path.read_text())) if path.suffix == ".json" else path.read_bytes()
+
+
+def same_serving(a: str | Path, b: str | Path) -> bool:
+    """Whether model directories ``a`` and ``b`` differ at most in their weights (``SERVING_FILES``
+    equal): an engine of one then serves the other once its weights are loaded."""
+    return all(_serving_file(Path(a, f)) == _serving_file(Path(b, f)) for f in SERVING_FILES)
+
+
+def switch_engine(engine: Engine, serving: str | Path, model_path: str | Path, rollout, model,
+                  seed: int = 0) -> Engine:
+    """An engine of ``model_path`` from ``engine`` (which serves ``serving``): the same engine with
+    the checkpoint's weights loaded in place when only the weights differ (``same_serving``; an
+    engine start saved), else ``engine`` closed and a new one started (logged)."""
+    from awares_rl.checkpoint import checkpoint_tensors
+
+    if same_serving(serving, model_path):
+        log.info("loading %s's weights into the running engine (of %s)", model_path, serving)
+        engine.load_weights(checkpoint_tensors(model_path), version=0)
+        return engine
+    log.info("%s differs from %s beyond its weights (%s): a new engine", model_path, serving, ", ".join(SERVING_FILES))
+    engine.close()
+    return make_engine(rollout, model, model_path, seed=seed)
+
+
 __all__ = [
     "Engine", "EpisodeRunner", "EpisodeSettings", "GenOutput", "GenRequest", "SamplingConfig",
-    "make_engine", "vllm_available",
+    "make_engine", "same_serving", "switch_engine", "vllm_available",
 ]
