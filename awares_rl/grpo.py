@@ -47,7 +47,7 @@ from awares_rl.learner.batch import TokenSequence, episode_to_sequence
 from awares_rl.learner.config import check_training
 from awares_rl.learner.ppo import PPOClip, pool_steps
 from awares_rl.learner.worker import LearnerWorker, OptimSettings
-from awares_rl.prefetch import ROLLOUT_HINT, Ahead
+from awares_rl.prefetch import Ahead
 from awares_rl.rollout.control import ScaleChannel
 from awares_rl.rollout.pool import RolloutPool, StepReport
 from awares_rl.sampling import PromptSampler, sampling_seed
@@ -371,8 +371,7 @@ class GRPOTrainer:
         seqs = [episode_to_sequence(ep, float(a)) for ep, a in zip(episodes, adv) if ep.error is None]
         ahead = None
         if g.async_rollout and step + 1 < g.steps and not self._saves(step):
-            ahead = Ahead(lambda: self._collect_ahead(sampler, step + 1, reward), f"step {step + 2}'s rollouts",
-                          ROLLOUT_HINT)
+            ahead = Ahead(lambda: self._collect_ahead(sampler, step + 1, reward), f"step {step + 2}'s rollouts")
         with self._learner_guard(step):
             metrics = self._learn(learner, reference, seqs, step, timer)
             nxt = None

@@ -1,14 +1,13 @@
 """Work run ahead in a driver thread: ``grpo.async_rollout`` collects step t+1's episodes here
-while the learner trains step t (one-step off-policy, verl's ``one_step_off``); pretraining
-renders its next batch here while the current one trains.
+while the learner trains step t (one-step off-policy, verl's ``one_step_off``).
 
-    ahead = Ahead(lambda: collect(step + 1), "step 2's rollouts", ROLLOUT_HINT)
+    ahead = Ahead(lambda: collect(step + 1), "step 2's rollouts")
     ...                                   # the learner trains meanwhile
     batch = ahead.result(timeout_s=600)   # its value, its exception, or a TimeoutError naming it
 
-The thread is a daemon: a run that fails in the main thread does not wait for it at exit. In
-GRPO only Ray calls run in it (rollout and reward actors), never the learner, so the two stages
-overlap on the cluster while the driver holds no model.
+The thread is a daemon: a run that fails in the main thread does not wait for it at exit. Only
+Ray calls run in it (rollout and reward actors), never the learner, so the two stages overlap on
+the cluster while the driver holds no model.
 """
 
 from __future__ import annotations
@@ -17,16 +16,12 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-ROLLOUT_HINT = ("run ahead of the learner by grpo.async_rollout; raise rollout.step_timeout_s or see the Ray "
-                "worker logs")
-
 
 class Ahead:
-    """``fn()`` started now in a daemon thread; ``result`` waits for it (bounded). ``hint`` ends
-    the timeout's message: what to check or raise."""
+    """``fn()`` started now in a daemon thread; ``result`` waits for it (bounded)."""
 
-    def __init__(self, fn: Callable[[], Any], what: str, hint: str = "run ahead in a thread") -> None:
-        self.what, self.hint = what, hint
+    def __init__(self, fn: Callable[[], Any], what: str) -> None:
+        self.what = what
         self._value: Any = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, args=(fn,), name=f"ahead: {what}", daemon=True)
@@ -45,7 +40,8 @@ class Ahead:
         """``fn``'s value; its exception, re-raised here; TimeoutError naming ``what`` after ``timeout_s``."""
         self._thread.join(timeout_s)
         if self._thread.is_alive():
-            raise TimeoutError(f"{self.what}: not back within {timeout_s:g} s ({self.hint})")
+            raise TimeoutError(f"{self.what}: not back within {timeout_s:g} s (run ahead of the learner by "
+                               "grpo.async_rollout); raise rollout.step_timeout_s or see the Ray worker logs")
         if self._error is not None:
             raise self._error
         return self._value

@@ -32,7 +32,6 @@ from awares_rl.learner.conversation import (
 )
 from awares_rl.learner.fast_vision import fast_vision
 from awares_rl.models.tiny import TinyModelConfig, build_tiny
-from awares_rl.prefetch import Ahead
 from awares_rl.vqa import accuracy_by_group, answer_questions
 from data_pipeline.config import SynthConfig
 from data_pipeline.scene import (
@@ -45,8 +44,6 @@ from data_pipeline.scene import (
 from reward.judges import exact_match
 
 VIEWS = ("full", "low", "crop")
-BATCH_WAIT_S = 600.0  # for the next batch to be rendered (seconds, at most)
-PRETRAIN_HINT = "rendered and collated in a thread while the previous one trained"
 
 
 
@@ -209,27 +206,18 @@ def train_loop(model, processor, optimizer, cfg: PretrainConfig) -> tuple[list[d
     stream, curve, start, step = training_stream(cfg), [], time.perf_counter(), -1
     grounding = grounding_stream(cfg)
     probes: list[dict] = []
-    # the next batch is rendered and collated in a thread while this one trains (the same
-    # batches in the same order); never while a probe runs, which uses the processor too
-    def next_batch() -> dict:
-        return collate(next_conversations(stream, grounding, cfg), processor)
-
-    ahead = Ahead(next_batch, "the next pretraining batch", PRETRAIN_HINT)
     for step in (bar := tqdm(range(cfg.steps), desc="pretrain", dynamic_ncols=True)):
-        batch = ahead.result(timeout_s=BATCH_WAIT_S)
         if cfg.probe_every and step % cfg.probe_every == 0 and step:
             probes.append({"step": step, **probe(model, processor, cfg)})
-        if step + 1 < cfg.steps:
-            ahead = Ahead(next_batch, "the next pretraining batch", PRETRAIN_HINT)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
+        batch = collate(next_conversations(stream, grounding, cfg), processor)
         stats = train_step(model, batch, optimizer, cfg)
         elapsed = time.perf_counter() - start
         bar.set_postfix(loss=f"{stats['loss']:.3f}", vis=f"{stats['vision_grad_norm']:.2f}")
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
             curve.append({"step": step, "lr": lr_at(step, cfg), "elapsed_s": round(elapsed, 1), **stats})
         if cfg.time_budget_s and elapsed > cfg.time_budget_s:
-            ahead.result(timeout_s=BATCH_WAIT_S)  # its thread done before anything else uses the processor
             break
     if cfg.probe_every:
         probes.append({"step": step + 1, **probe(model, processor, cfg)})

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from awares_rl.prefetch import ROLLOUT_HINT, Ahead
+from awares_rl.prefetch import Ahead
 
 
 def test_ahead_returns_the_value_and_overlaps_the_caller():
@@ -30,7 +30,7 @@ def test_ahead_reraises_in_the_caller_and_names_what_it_waited_for():
     with pytest.raises(ValueError, match="worker 1 lost"):
         Ahead(broken, "step 3's rollouts").result(timeout_s=10)
     stop = threading.Event()
-    slow = Ahead(lambda: stop.wait(30), "step 4's rollouts", ROLLOUT_HINT)
+    slow = Ahead(lambda: stop.wait(30), "step 4's rollouts")
     with pytest.raises(TimeoutError, match=r"step 4's rollouts: not back within 0.2 s .*rollout.step_timeout_s"):
         slow.result(timeout_s=0.2)
     stop.set()

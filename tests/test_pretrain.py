@@ -5,7 +5,6 @@ two-step smoke run of ``awares-rl pretrain`` that reloads."""
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -175,30 +174,3 @@ def test_batch_mixes_grounding_only_conversations():
     assert batch.count("where") == 8 and batch.count("read") == 16  # round(0.34 * 24) = 8
     with pytest.raises(ValueError, match="locate_only_share"):
         PretrainConfig(locate_only_share=1.0)
-
-
-def test_batches_rendered_ahead_train_as_rendered_in_turn():
-    # train_loop renders step t+1's batch in a thread while step t trains (with a probe between):
-    # the same batches in the same order, so the same losses as one batch after the other
-    from awares_rl.pretrain import grounding_stream, next_conversations, train_loop, train_step
-
-    cfg = PretrainConfig(steps=4, batch_size=3, locate_only_share=0.34, probe_every=2, probe_samples=2,
-                         eval_batch_size=2, threads=1, synth=SynthConfig(max_side=448))
-    losses = []
-    for ahead in (True, False):
-        torch.manual_seed(0)
-        model, processor = build_tiny(cfg.model, vocab_texts(cfg.synth))
-        model.train()
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
-        if ahead:
-            curve, probes, done = train_loop(model, processor, opt, replace(cfg, log_every=1))
-            assert done == 4 and [p["step"] for p in probes] == [2, 4]
-            losses.append([c["loss"] for c in curve])
-        else:
-            stream, grounding, losses_serial = training_stream(cfg), grounding_stream(cfg), []
-            for step in range(4):
-                opt.param_groups[0]["lr"] = lr_at(step, cfg)
-                batch = collate(next_conversations(stream, grounding, cfg), processor)
-                losses_serial.append(train_step(model, batch, opt, cfg)["loss"])
-            losses.append(losses_serial)
-    assert losses[0] == losses[1]
