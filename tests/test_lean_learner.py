@@ -99,16 +99,14 @@ def test_pixel_cache_processes_each_image_once_and_evicts():
     assert cache.get(b"a") is None and cache.get(b"b") is not None
 
 
-@pytest.mark.parametrize("logprob_micro", [0, 6])
-def test_worker_logprobs_keep_input_order(tiny_dir, logprob_micro):
-    """eval_logprobs of a batch (reordered, deduplicated, micro-batched inside: by micro_batch_size
-    or learner.logprob_micro_batch_size) equals each sequence scored alone, in the caller's order."""
+def test_worker_logprobs_keep_input_order(tiny_dir):
+    """eval_logprobs of a batch (reordered, deduplicated, micro-batched inside) equals each
+    sequence scored alone, in the caller's order."""
     processor = load_processor(str(tiny_dir))
     seqs = groups(processor)
     seqs = [seqs[i] for i in (4, 0, 5, 2, 3, 1)]
-    cfg = LearnerConfig(backend="torch", micro_batch_size=4, logprob_micro_batch_size=logprob_micro)
-    worker = LearnerWorker(str(tiny_dir), cfg, OptimSettings(lr=1e-3, total_steps=1))
-    assert len(worker._micro_batches(seqs, cfg.logprob_micro_batch_size)[0]) == (1 if logprob_micro else 2)
+    worker = LearnerWorker(str(tiny_dir), LearnerConfig(backend="torch", micro_batch_size=4),
+                           OptimSettings(lr=1e-3, total_steps=1))
     together = worker.eval_logprobs(seqs)
     for seq, lp in zip(seqs, together):
         alone = worker.eval_logprobs([seq])[0]

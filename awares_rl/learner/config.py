@@ -19,9 +19,6 @@ class LearnerConfig:
     threads: int = 0  # torch threads: 0 = cpus_per_worker; -1 = all the node's cores (stages take turns)
     gpus_per_worker: float = 0.0  # 1.0 on GPU clusters (NCCL; bf16 when model.dtype=bfloat16)
     micro_batch_size: int = 4  # sequences per forward/backward; gradients accumulate over a step
-    # sequences per no-grad forward (GRPO's reference and old logprobs; verl's
-    # log_prob_micro_batch_size): no activations are kept, so it can be larger. 0: micro_batch_size
-    logprob_micro_batch_size: int = 0
     gradient_checkpointing: bool = False  # recompute activations in backward (large models)
     use_ray: bool = True  # false: one worker inside the driver process (needs num_workers=1)
     # the vision tower (ViT + merger) gets no gradient and no optimizer state, and GRPO's weight
@@ -36,8 +33,6 @@ class LearnerConfig:
             raise ValueError(f"learner.zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
         if not self.use_ray and self.num_workers != 1:
             raise ValueError("learner.use_ray=false runs one worker in the driver: set learner.num_workers=1")
-        require(self.logprob_micro_batch_size >= 0, "learner.logprob_micro_batch_size", self.logprob_micro_batch_size,
-                ">= 0 (sequences per no-grad forward; 0: learner.micro_batch_size)")
         require(self.cpus_per_worker > 0, "learner.cpus_per_worker", self.cpus_per_worker, "> 0")
         require(self.threads >= -1, "learner.threads", self.threads, THREADS_HELP)
         require(self.gpus_per_worker >= 0, "learner.gpus_per_worker", self.gpus_per_worker, ">= 0")

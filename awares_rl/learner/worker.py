@@ -120,12 +120,10 @@ class LearnerWorker:
     def model(self):
         return self.backend.module
 
-    def _micro_batches(self, sequences: Sequence[TokenSequence], size: int = 0
-                       ) -> tuple[list[dict[str, torch.Tensor]], list[int]]:
+    def _micro_batches(self, sequences: Sequence[TokenSequence]) -> tuple[list[dict[str, torch.Tensor]], list[int]]:
         """Collated on the CPU in ``batch_order`` (returned: sequence indices in batch order), each
-        distinct image once per micro-batch of ``size`` (0: ``micro_batch_size``) sequences;
-        ``_aligned`` moves one at a time to the device."""
-        n, order = size or self.cfg.micro_batch_size, batch_order(sequences)
+        distinct image once per micro-batch; ``_aligned`` moves one at a time to the device."""
+        n, order = self.cfg.micro_batch_size, batch_order(sequences)
         ordered = [sequences[i] for i in order]
         return [collate_sequences(ordered[i:i + n], self.processor, dedupe_images=True, cache=self.pixel_cache)
                 for i in range(0, len(ordered), n)], order
@@ -201,7 +199,7 @@ class LearnerWorker:
         """Per sequence, logprobs aligned with ``token_ids`` (entry i = log p(token i | before));
         computed where ``loss_weights`` != 0, 0.0 elsewhere (and at i = 0)."""
         self.model.eval()
-        (batches, order), out = self._micro_batches(sequences, self.cfg.logprob_micro_batch_size), []
+        (batches, order), out = self._micro_batches(sequences), []
         for batch, real in self._aligned(batches):
             lp = sequence_logprobs(self.backend.forward_model, batch, batch["loss_weights"][:, 1:] != 0)
             if real:
