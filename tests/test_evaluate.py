@@ -105,9 +105,22 @@ def test_one_engine_serves_each_checkpoint_in_turn(backend, tiny_dir, tool_model
 def test_a_checkpoint_that_differs_beyond_its_weights_gets_a_new_engine(tool_model_dir, tmp_path, caplog):
     import shutil
 
+    from awares_rl.checkpoint import save_model_dir
     from awares_rl.config import load_recipe
+    from awares_rl.models import load_policy
     from awares_rl.rollout import make_engine, same_serving, switch_engine
 
+    # a checkpoint loaded and saved again, as SFT and GRPO save theirs (sub-config dtypes and the
+    # tokenizer's loader fields are written anew): the same serving
+    resaved = tmp_path / "resaved"
+    save_model_dir(resaved, load_policy(str(tool_model_dir)), load_processor(tool_model_dir))
+    assert (resaved / "tokenizer_config.json").read_text() != (tool_model_dir / "tokenizer_config.json").read_text()
+    assert same_serving(tool_model_dir, resaved)
+    more_tokens = shutil.copytree(tool_model_dir, tmp_path / "more_tokens")
+    processor = load_processor(more_tokens)
+    processor.tokenizer.add_tokens(["zebra"])
+    processor.save_pretrained(more_tokens)
+    assert not same_serving(tool_model_dir, more_tokens)
     other = shutil.copytree(tool_model_dir, tmp_path / "other")
     assert same_serving(tool_model_dir, other)
     config = json.loads((other / "config.json").read_text())

@@ -58,11 +58,14 @@ def make_engine(rollout, model, model_path: str | Path, seed: int = 0) -> Engine
                     processor=load_processor(model_path, model))
 
 
-# What an engine serves besides the weights: the architecture, the processor, the tokenizer and
-# the chat template (the files save_pretrained writes; generation_config is not read by engines).
-SERVING_FILES = ("config.json", "preprocessor_config.json", "processor_config.json", "tokenizer.json",
-                 "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "chat_template.json")
-_VOLATILE_KEYS = ("_name_or_path", "transformers_version")  # say where and by what, not what
+# What an engine serves besides the weights: the architecture, the image processor and the chat
+# template (files save_pretrained writes), and the tokenizer as loaded (its tokenizer_config.json
+# gains loader fields such as local_files_only on each save; generation_config is not read).
+SERVING_FILES = ("config.json", "preprocessor_config.json", "processor_config.json", "chat_template.jinja",
+                 "chat_template.json")
+# where it came from, by what, and the saved dtype (engines run at the recipe's model.dtype; a
+# save after training also writes it into each sub-config)
+_VOLATILE_KEYS = ("_name_or_path", "transformers_version", "dtype", "torch_dtype")
 
 
 def _without_volatile(data):
@@ -77,10 +80,19 @@ def _serving_file(path: Path):
     return _without_volatile(json.loads(path.read_text())) if path.suffix == ".json" else path.read_bytes()
 
 
+def _tokens(path: Path) -> tuple:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    return tok.get_vocab(), tok.all_special_tokens, tok.chat_template
+
+
 def same_serving(a: str | Path, b: str | Path) -> bool:
     """Whether model directories ``a`` and ``b`` differ at most in their weights (``SERVING_FILES``
-    equal): an engine of one then serves the other once its weights are loaded."""
-    return all(_serving_file(Path(a, f)) == _serving_file(Path(b, f)) for f in SERVING_FILES)
+    equal but for ``_VOLATILE_KEYS``, the same tokens and chat template): an engine of one then
+    serves the other once its weights are loaded."""
+    a, b = Path(a), Path(b)
+    return all(_serving_file(a / f) == _serving_file(b / f) for f in SERVING_FILES) and _tokens(a) == _tokens(b)
 
 
 def switch_engine(engine: Engine, serving: str | Path, model_path: str | Path, rollout, model,
@@ -94,7 +106,8 @@ def switch_engine(engine: Engine, serving: str | Path, model_path: str | Path, r
         log.info("loading %s's weights into the running engine (of %s)", model_path, serving)
         engine.load_weights(checkpoint_tensors(model_path), version=0)
         return engine
-    log.info("%s differs from %s beyond its weights (%s): a new engine", model_path, serving, ", ".join(SERVING_FILES))
+    log.info("%s differs from %s beyond its weights (%s or its tokens): a new engine", model_path, serving,
+             ", ".join(SERVING_FILES))
     engine.close()
     return make_engine(rollout, model, model_path, seed=seed)
 
