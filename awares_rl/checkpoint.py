@@ -260,14 +260,19 @@ def checkpoint_to_module_names(model) -> dict[str, str]:
     return {c: module_name[id(p)] for c, p in checkpoint_names(model, params).items()}
 
 
+def safetensors_files(ckpt: str | Path) -> list[Path]:
+    """The model directory's safetensors files (one, or the shards), sorted."""
+    files = sorted(Path(ckpt).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors in {ckpt}: not a saved model directory")
+    return files
+
+
 def checkpoint_tensors(ckpt: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
     """(checkpoint name, tensor) of the model directory's safetensors, one file (or shard) at a time."""
     from safetensors.torch import load_file
 
-    files = sorted(Path(ckpt).glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"no *.safetensors in {ckpt}: not a saved model directory")
-    for f in files:
+    for f in safetensors_files(ckpt):
         yield from load_file(str(f)).items()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -60,6 +61,10 @@ class Engine(Protocol):
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
         """Replace (a subset of) the model's weights in place, consuming ``named_tensors`` once (a
         stream of object-store buckets), and record ``version``."""
+        ...
+
+    def load_checkpoint(self, model_dir: str | Path, version: int) -> None:
+        """``load_weights`` of a saved model directory's safetensors (``checkpoint.checkpoint_tensors``)."""
         ...
 
     def close(self) -> None:

@@ -81,9 +81,9 @@ def _serving_file(path: Path):
 
 
 def _tokens(path: Path) -> tuple:
-    from transformers import AutoTokenizer
+    from awares_rl.models import load_processor
 
-    tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    tok = load_processor(path).tokenizer
     return tok.get_vocab(), tok.all_special_tokens, tok.chat_template
 
 
@@ -100,11 +100,9 @@ def switch_engine(engine: Engine, serving: str | Path, model_path: str | Path, r
     """An engine of ``model_path`` from ``engine`` (which serves ``serving``): the same engine with
     the checkpoint's weights loaded in place when only the weights differ (``same_serving``; an
     engine start saved), else ``engine`` closed and a new one started (logged)."""
-    from awares_rl.checkpoint import checkpoint_tensors
-
     if same_serving(serving, model_path):
         log.info("loading %s's weights into the running engine (of %s)", model_path, serving)
-        engine.load_weights(checkpoint_tensors(model_path), version=0)
+        engine.load_checkpoint(model_path, version=0)
         return engine
     log.info("%s differs from %s beyond its weights (%s or its tokens): a new engine", model_path, serving,
              ", ".join(SERVING_FILES))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 
@@ -107,6 +108,11 @@ class HFEngine:
             target = params[name] if name in params else params[to_module[name]]
             target.copy_(tensor.to(target.dtype))
         self.version = version
+
+    def load_checkpoint(self, model_dir: str | Path, version: int) -> None:
+        from awares_rl.checkpoint import checkpoint_tensors
+
+        self.load_weights(checkpoint_tensors(model_dir), version)
 
     def close(self) -> None:
         """Drop the model and hand its memory back (``release_memory``)."""

@@ -109,9 +109,19 @@ class VLLMEngine:
             path = f.name
         try:
             save_file({n: t.detach().contiguous().cpu() for n, t in named_tensors}, path)
-            self.llm.collective_rpc("awares_load_weights", args=(path,))
+            self._reload([path], version)
         finally:
             Path(path).unlink(missing_ok=True)
+
+    def load_checkpoint(self, model_dir: str | Path, version: int) -> None:
+        """The directory's safetensors files, read by the engine process itself (no copy here)."""
+        from awares_rl.checkpoint import safetensors_files
+
+        self._reload([str(f) for f in safetensors_files(model_dir)], version)
+
+    def _reload(self, paths: list[str], version: int) -> None:
+        for path in paths:
+            self.llm.collective_rpc("awares_load_weights", args=(path,))
         self.llm.reset_prefix_cache()
         self.llm.llm_engine.reset_encoder_cache()
         self.version = version
