@@ -110,7 +110,8 @@ def learning_curves(run_dir: str | Path, path: str | Path) -> Path:
            "pretrain: val probes (low-res view)", "accuracy")
     _panel(axes[0, 2], sft, ["train/loss", "val/loss"], "SFT: weighted NLL", "loss")
     _panel(axes[1, 0], grpo, ["rollout/reward_total", "rollout/accuracy"], "GRPO: sampled episodes")
-    _panel(axes[1, 1], grpo, ["rollout/rtr", "rollout/crop_rate"], "GRPO: RTR and crop rate")
+    _panel(axes[1, 1], grpo, ["rollout/rtr", "rollout/crop_rate", "rollout/crop_rate_needed", "rollout/crop_rate_not_needed"],
+           "GRPO: RTR, crop rate (all, needed, not needed)")
     _panel(axes[1, 2], grpo, ["learner/clip_fraction", "learner/kl_ref"], "GRPO: PPO clip fraction, KL to SFT")
     fig.suptitle(f"learning curves: {run.name}")
     return _save(fig, path)

@@ -64,7 +64,9 @@ def episode_metrics(episodes: Sequence[Episode]) -> dict[str, float]:
     Episodes with ``error`` set count only toward ``error_rate``; every other mean is over the
     episodes that ran, and the reward means over those that ran and were scored. A mean over no
     episodes is NaN. Accuracy is left to the caller (it depends on the metric's threshold);
-    ``answer_score`` is the judge's mean score.
+    ``answer_score`` is the judge's mean score. ``crop_rate_needed`` / ``crop_rate_not_needed``:
+    the crop rate over the episodes whose sample ``needs_high_res`` is True / False (the oracle or
+    the trajectory label: does the policy crop where it must, and only there).
     """
     ran = [ep for ep in episodes if ep.error is None]
     scored = [ep.reward for ep in ran if ep.reward is not None]
@@ -76,6 +78,8 @@ def episode_metrics(episodes: Sequence[Episode]) -> dict[str, float]:
         "crop_cost": _mean([r.crop_cost for r in scored]),
         "format_reward": _mean([r.format for r in scored]),
         "crop_rate": _mean([float(ep.used_crops) for ep in ran]),
+        "crop_rate_needed": _mean([float(ep.used_crops) for ep in ran if ep.needs_high_res is True]),
+        "crop_rate_not_needed": _mean([float(ep.used_crops) for ep in ran if ep.needs_high_res is False]),
         "num_crops": _mean([float(len(ep.crop_ids)) for ep in ran]),
         "rtr": _mean([ep.rtr for ep in ran]),
         "visual_tokens": _mean([float(ep.visual_tokens) for ep in ran]),

@@ -54,12 +54,14 @@ def hand_episodes() -> list[Episode]:
         # crops 0 and 4, right answer: R = 1.0 - 0.1 + 0
         make_episode("a", [0, 4], [0, 0, 1, 1, 1, 0, 1, 1], 2,
                      RewardParts(1.0, 0.1, 0.0, 0.9, "exact"),
-                     rtr=0.5, visual_tokens=120, final_answer="red"),
+                     rtr=0.5, visual_tokens=120, final_answer="red", needs_high_res=True),
         make_episode("b", [], [0, 1, 1, 1], 1, RewardParts(0.0, 0.0, 0.0, 0.0, "exact"),
-                     rtr=0.25, visual_tokens=40, final_answer="blue", truncated=True),
+                     rtr=0.25, visual_tokens=40, final_answer="blue", truncated=True,
+                     needs_high_res=True),
         make_episode("c", [], [0, 1, 1, 1, 1], 1, RewardParts(0.0, 0.0, -0.5, -0.5, "exact"),
-                     rtr=0.25, visual_tokens=40, invalid_tool_call="bad crop id"),
-        make_episode("d", [], [], 0, None, error="unreadable image", images=[]),
+                     rtr=0.25, visual_tokens=40, invalid_tool_call="bad crop id",
+                     needs_high_res=False),
+        make_episode("d", [], [], 0, None, error="unreadable image", images=[], needs_high_res=True),
         # ran, not scored (e.g. the judge timed out)
         make_episode("e", [1], [0, 1, 1], 2, None, rtr=0.5, visual_tokens=80, final_answer="red"),
     ]  # fmt: skip
@@ -84,6 +86,8 @@ def test_episode_metrics_hand_computed():
         "crop_cost": (0.1 + 0.0 + 0.0) / 3,
         "format_reward": (0.0 + 0.0 - 0.5) / 3,
         "crop_rate": 2 / 4,  # a, e
+        "crop_rate_needed": 1 / 2,  # a of a, b (d needed one too, but did not run)
+        "crop_rate_not_needed": 0 / 1,  # c; e has no label
         "num_crops": (2 + 0 + 0 + 1) / 4,  # 0.75
         "rtr": (0.5 + 0.25 + 0.25 + 0.5) / 4,  # 0.375
         "visual_tokens": (120 + 40 + 40 + 80) / 4,  # 70
