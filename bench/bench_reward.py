@@ -8,8 +8,9 @@
    ``grpo`` (G=8 episodes a prompt share the references and draw their answers from 4
    candidates, as short VQA answers do; each call encodes its distinct strings once).
    Each is run at every ``--threads`` count (1 thread wins when other processes share the cores).
-   The other ``--backends`` (reward.embedding_backend: onnx, onnx-int8) run ``unique`` at every
-   thread count too, with ``max_abs_diff_vs_torch``: their worst score gap to torch fp32 there.
+   The other ``--backends`` (reward.embedding_backend: torch-bf16, onnx, onnx-int8) run
+   ``unique`` at every thread count too, with ``max_abs_diff_vs_torch``: their worst score gap
+   to torch fp32 there.
 2. HTTP: ``awares-rl serve-reward`` in a subprocess, ``--local`` (one scorer) and on a Ray pool of
    ``--workers`` 1-CPU actors, loaded from a separate client process on loopback
    (``--concurrency`` threads, ``--items`` GRPO-like answers a request, bounded by ``--seconds``
@@ -265,7 +266,9 @@ def main() -> None:
         "--threads", default="1,2", help="torch thread counts for the local embedding judge"
     )
     ap.add_argument(
-        "--backends", default="torch,onnx,onnx-int8", help="reward.embedding_backend values"
+        "--backends",
+        default="torch,torch-bf16,onnx,onnx-int8",
+        help="reward.embedding_backend values",
     )
     ap.add_argument("--workers", type=int, default=2, help="Ray actors behind the HTTP server")
     ap.add_argument("--items", type=int, default=32, help="answers per HTTP request")

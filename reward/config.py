@@ -46,8 +46,9 @@ class RewardConfig:
     lam: float = 0.05  # cost per crop requested
     format_penalty: float = -0.5  # added (<= 0) when turn 1 was a malformed GET_CROPS call
     embedding_model: str | None = None  # local sentence-transformers dir; None = packaged MiniLM
-    # what runs the embedding model: "torch", "onnx" (same scores, ONNX Runtime) or "onnx-int8"
-    # (int8 weights: faster, scores off by up to ~0.05); reward.embedding.EMBEDDING_BACKENDS
+    # what runs the embedding model: "torch", "torch-bf16" (scores within ~0.01, faster on a bf16
+    # CPU), "onnx" (same scores, ONNX Runtime) or "onnx-int8" (fastest, scores off by up to
+    # ~0.07); reward.embedding.EMBEDDING_BACKENDS
     embedding_backend: str = "torch"
     llm_base_url: str = "http://127.0.0.1:8000/v1"  # OpenAI-compatible endpoint (with /v1)
     llm_model: str = ""  # served model name; "" = the endpoint's first /v1/models entry

@@ -89,12 +89,15 @@ def export_onnx(st: torch.nn.Module, path: Path) -> None:
 
 def quantize_onnx(src: Path, path: Path) -> None:
     """int8 weights (per output channel) for every MatMul of ``src``; activations are
-    quantised on the fly (dynamic quantisation)."""
+    quantised on the fly (dynamic quantisation), symmetric around 0 (signed int8 both sides: the
+    s8 x s8 kernels, ~1.2x faster than asymmetric uint8 activations on an AVX-512 VNNI CPU at the
+    same scores: README's reward section)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     def write(tmp: str) -> None:
         quantize_dynamic(
-            src, tmp, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"]
+            src, tmp, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"],
+            extra_options={"ActivationSymmetric": True},
         )
 
     _write_atomic(path, write)
@@ -108,7 +111,7 @@ def onnx_model_file(st: torch.nn.Module, model_path: str, backend: str) -> Path:
         export_onnx(st, fp32)
     if backend != QUANTIZED:
         return fp32
-    int8 = cache / "model-int8.onnx"
+    int8 = cache / "model-int8-sym.onnx"  # named by its quantisation settings
     if not int8.is_file():
         quantize_onnx(fp32, int8)
     return int8
