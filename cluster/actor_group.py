@@ -27,7 +27,7 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -241,6 +241,17 @@ class ActorGroup:
             return [getattr(self.local, method)(list(items), *args, **kwargs)]
         shards = split_evenly(items, self.num_actors)
         return self._get(method, [getattr(a, method).remote(s, *args, **kwargs) for a, s in zip(self.actors, shards)])
+
+    def submit_split(self, method: str, items: Sequence, *args: Any, **kwargs: Any) -> Callable[[], list[Any]]:
+        """``call_split`` started now, its results waited for later: returns the function that
+        waits for them (within ``call_timeout_s``). Two groups' calls so submitted run at once (an
+        object in the driver runs its call here, before returning)."""
+        if self.local is not None:
+            done = [getattr(self.local, method)(list(items), *args, **kwargs)]
+            return lambda: done
+        shards = split_evenly(items, self.num_actors)
+        refs = [getattr(a, method).remote(s, *args, **kwargs) for a, s in zip(self.actors, shards)]
+        return lambda: self._get(method, refs)
 
     def call_chunks(self, method: str, chunks: Sequence, *args: Any, **kwargs: Any) -> list[Any]:
         """``method(chunk, *args, **kwargs)`` once per chunk, the chunks dealt round-robin over the

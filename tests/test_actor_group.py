@@ -131,3 +131,18 @@ def test_restarts_after_exit_and_kill(ray_session, tmp_path):
 def test_bad_placement():
     with pytest.raises(ValueError, match="placement must be"):
         ActorGroup(Probe, 1, placement="spread")  # type: ignore[arg-type]
+
+
+def test_submitted_calls_of_two_groups_run_at_once(ray_session):
+    """submit_split starts the call and returns its waiter: two groups' 1 s naps overlap."""
+    a, b = ActorGroup(Probe, 1, cpus_per_actor=0.25), ActorGroup(Probe, 1, cpus_per_actor=0.25)
+    try:
+        a.call("pid"), b.call("pid")  # both up
+        start = time.perf_counter()
+        wait_a, wait_b = a.submit_split("nap", [1.0]), b.submit_split("nap", [1.0])
+        assert wait_a() == [1.0] and wait_b() == [1.0]
+        assert time.perf_counter() - start < 1.8  # one after the other would take 2 s
+        local = ActorGroup(Probe, 1, in_process=True)
+        assert local.submit_split("echo", [4, 5], tag="x")() == [(0, [4, 5], "x")]
+    finally:
+        a.shutdown(), b.shutdown()

@@ -209,3 +209,24 @@ def test_the_first_step_is_the_same_with_or_without_scored_old_logprobs(tiny_dir
     (loss_a, w_a), (loss_b, w_b) = results
     assert loss_a == pytest.approx(loss_b, abs=1e-6)
     assert max((w_a[n] - w_b[n]).abs().max().item() for n in w_a) < 1e-6
+
+
+def test_eval_logprobs_match_the_stock_forward_at_any_thread_count(tiny_dir) -> None:
+    """The learner scores on CPU with fast_vision (batched window attention, linear patch embed):
+    the same logprobs as the stock transformers forward; ``threads`` holds for that call only."""
+    from awares_rl.learner.batch import collate_sequences
+    from awares_rl.learner.forward import sequence_logprobs
+
+    seqs = sequences(load_processor(tiny_dir), 4)
+    worker = LearnerWorker(str(tiny_dir), LearnerConfig(backend="torch", micro_batch_size=4, threads=2),
+                           OptimSettings(lr=1e-3, total_steps=1))
+    fast, one_thread = worker.eval_logprobs(seqs), worker.eval_logprobs(seqs, threads=1)
+    assert torch.get_num_threads() == 2  # restored after the 1-thread call
+    worker.model.eval()
+    with torch.no_grad():
+        batch = collate_sequences(seqs, worker.processor)  # input order, images processed per use
+        stock = sequence_logprobs(worker.model, batch, batch["loss_weights"][:, 1:] != 0)
+    for i, seq in enumerate(seqs):
+        n = len(seq.token_ids)
+        want = [0.0] + stock[i, : n - 1].tolist()
+        assert fast[i] == pytest.approx(want, abs=1e-5) and one_thread[i] == pytest.approx(want, abs=1e-5)

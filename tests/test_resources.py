@@ -12,7 +12,7 @@ import pytest
 
 from awares_rl.config import load_recipe
 from cluster.actor_group import init_local_ray
-from cluster.resources import Bundle, ResourceError, check_resources, shortfalls
+from cluster.resources import Bundle, ResourceError, check_resources, concurrent_threads, shortfalls
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "tiny_cpu.yaml"
 
@@ -36,6 +36,15 @@ def test_shortfalls_totals_and_largest_node():
     assert shortfalls(asks, {"CPU": 9}, [{"CPU": 9}]) == ["2 GPUs in all, the cluster has 0",
                                                            "one learner actor needs 4 CPU and 1 GPU on one node; "
                                                            "the largest node has 9 CPU, 0 GPU"]
+
+
+def test_concurrent_passes_split_shared_cores(monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert concurrent_threads(-1, 2) == 1  # both would take both cores: one each
+    assert concurrent_threads(-1, 3) == 1  # never below one
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert concurrent_threads(-1, 2) == 8
+    assert concurrent_threads(0, 2) is None and concurrent_threads(4, 2) is None  # own CPUs: their own
 
 
 def test_of_reads_a_section_and_names_its_keys():

@@ -15,6 +15,7 @@ rank returns the same dict.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -34,6 +35,7 @@ from awares_rl.learner.backends import (
 )
 from awares_rl.learner.batch import PixelCache, TokenSequence, batch_order, collate_sequences
 from awares_rl.learner.config import LearnerConfig
+from awares_rl.learner.fast_vision import fast_vision
 from awares_rl.learner.forward import sequence_logprobs
 from awares_rl.learner.objective import Objective, WeightedNLL
 from awares_rl.learner.sync import WeightUpdate, publish
@@ -120,6 +122,11 @@ class LearnerWorker:
     def model(self):
         return self.backend.module
 
+    def _vision_speedups(self):
+        """On CPU, the vision tower's batched window attention and linear patch embedding for the
+        block (``fast_vision``: same math, fewer kernel calls); on GPU the configured attention."""
+        return fast_vision(self.model) if self.device.type == "cpu" else contextlib.nullcontext()
+
     def _micro_batches(self, sequences: Sequence[TokenSequence]) -> tuple[list[dict[str, torch.Tensor]], list[int]]:
         """Collated on the CPU in ``batch_order`` (returned: sequence indices in batch order), each
         distinct image once per micro-batch; ``_aligned`` moves one at a time to the device."""
@@ -151,7 +158,7 @@ class LearnerWorker:
         scale = self.dist.world_size / denom if denom > 0 else 0.0
         sums: dict[str, float] = defaultdict(float)
         self.model.train(train)
-        with torch.set_grad_enabled(train):
+        with torch.set_grad_enabled(train), self._vision_speedups():
             for batch, real in self._aligned(batches):
                 logprobs = sequence_logprobs(self.backend.forward_model, batch, objective.targets(batch))
                 loss_sum, stats = objective(logprobs, batch)
@@ -195,16 +202,25 @@ class LearnerWorker:
         return self._run(sequences, objective, train=False)
 
     @torch.no_grad()
-    def eval_logprobs(self, sequences: Sequence[TokenSequence]) -> list[list[float]]:
+    def eval_logprobs(self, sequences: Sequence[TokenSequence], threads: int | None = None) -> list[list[float]]:
         """Per sequence, logprobs aligned with ``token_ids`` (entry i = log p(token i | before));
-        computed where ``loss_weights`` != 0, 0.0 elsewhere (and at i = 0)."""
+        computed where ``loss_weights`` != 0, 0.0 elsewhere (and at i = 0). ``threads``: torch
+        threads for this call only (CPU; e.g. 1 while another actor scores on the other core)."""
+        if threads and self.device.type == "cpu" and threads != torch.get_num_threads():
+            before = torch.get_num_threads()
+            torch.set_num_threads(threads)
+            try:
+                return self.eval_logprobs(sequences)
+            finally:
+                torch.set_num_threads(before)
         self.model.eval()
         (batches, order), out = self._micro_batches(sequences), []
-        for batch, real in self._aligned(batches):
-            lp = sequence_logprobs(self.backend.forward_model, batch, batch["loss_weights"][:, 1:] != 0)
-            if real:
-                lengths = batch["attention_mask"].sum(1).tolist()
-                out += [[0.0] + row[: n - 1] for row, n in zip(lp.cpu().tolist(), lengths)]
+        with self._vision_speedups():
+            for batch, real in self._aligned(batches):
+                lp = sequence_logprobs(self.backend.forward_model, batch, batch["loss_weights"][:, 1:] != 0)
+                if real:
+                    lengths = batch["attention_mask"].sum(1).tolist()
+                    out += [[0.0] + row[: n - 1] for row, n in zip(lp.cpu().tolist(), lengths)]
         return [out[j] for j in sorted(range(len(order)), key=order.__getitem__)]  # back to input order
 
     # ------------------------------------------------------------------ weights and state
