@@ -124,8 +124,11 @@ class LearnerWorker:
 
     def _vision_speedups(self):
         """On CPU, the vision tower's batched window attention and linear patch embedding for the
-        block (``fast_vision``: same math, fewer kernel calls); on GPU the configured attention."""
-        return fast_vision(self.model) if self.device.type == "cpu" else contextlib.nullcontext()
+        block (``fast_vision``: same math, fewer kernel calls); on GPU the configured attention.
+        Not under ZeRO-3: its parameters are gathered by each module's own forward hooks, and the
+        linear patch embedding reads ``proj.weight`` without calling ``proj``."""
+        zero3 = self.cfg.backend == "deepspeed" and self.cfg.zero_stage == 3
+        return fast_vision(self.model) if self.device.type == "cpu" and not zero3 else contextlib.nullcontext()
 
     def _micro_batches(self, sequences: Sequence[TokenSequence]) -> tuple[list[dict[str, torch.Tensor]], list[int]]:
         """Collated on the CPU in ``batch_order`` (returned: sequence indices in batch order), each
