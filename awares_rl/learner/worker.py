@@ -76,6 +76,18 @@ class WarmupCosine:
         return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
 
 
+@contextlib.contextmanager
+def torch_threads_within(threads: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to ``threads`` for the block (None: left as it is)."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def param_groups(model, weight_decay: float) -> list[dict]:
     """Weight decay on matrices; none on norms and biases."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -209,16 +221,9 @@ class LearnerWorker:
         """Per sequence, logprobs aligned with ``token_ids`` (entry i = log p(token i | before));
         computed where ``loss_weights`` != 0, 0.0 elsewhere (and at i = 0). ``threads``: torch
         threads for this call only (CPU; e.g. 1 while another actor scores on the other core)."""
-        if threads and self.device.type == "cpu" and threads != torch.get_num_threads():
-            before = torch.get_num_threads()
-            torch.set_num_threads(threads)
-            try:
-                return self.eval_logprobs(sequences)
-            finally:
-                torch.set_num_threads(before)
         self.model.eval()
         (batches, order), out = self._micro_batches(sequences), []
-        with self._vision_speedups():
+        with self._vision_speedups(), torch_threads_within(threads if self.device.type == "cpu" else None):
             for batch, real in self._aligned(batches):
                 lp = sequence_logprobs(self.backend.forward_model, batch, batch["loss_weights"][:, 1:] != 0)
                 if real:
