@@ -193,8 +193,7 @@ def run_mode(engine, processor, items: list[EvalItem], root: Path, mode: str, cf
     if mode not in MODES:
         raise ValueError(f"unknown eval mode {mode!r}; choose from {MODES}")
     sampling = SamplingConfig(temperature=0.0, max_new_tokens=cfg.eval.max_new_tokens)
-    settings = EpisodeSettings(cfg.rollout.low_res_scale, cfg.rollout.max_crops,
-                               max_image_pixels=cfg.data.max_image_pixels)
+    settings = EpisodeSettings.from_rollout(cfg.rollout, cfg.data.max_image_pixels)
     preds: list[Prediction] = []
     bar = tqdm(total=len(items), desc=f"{desc} {mode}", unit="sample", dynamic_ncols=True)
     for i in range(0, len(items), cfg.eval.batch_size):

@@ -11,10 +11,16 @@ from safetensors.torch import load_file
 
 from awares_rl.core.crops import low_res_view
 from awares_rl.core.engine import GenOutput
-from awares_rl.core.tokens import first_turn_ids
+from awares_rl.core.tokens import first_turn_ids, tool_call_open_ids
 from awares_rl.models import load_processor
 from awares_rl.models.config import ModelConfig
-from awares_rl.rollout import EpisodeRunner, GenRequest, SamplingConfig, make_engine
+from awares_rl.rollout import (
+    EpisodeRunner,
+    EpisodeSettings,
+    GenRequest,
+    SamplingConfig,
+    make_engine,
+)
 from awares_rl.rollout.config import RolloutConfig
 from awares_rl.rollout.hf_engine import HFEngine
 from tests.conftest import TOOL_Q, episode_inputs, make_image
@@ -135,6 +141,32 @@ def test_a_tool_call_in_turn_2_invalidates_the_episode(tiny_dir, turn2, answer, 
     cfg = RewardConfig(judge="exact_match")
     parts = score_episodes([ep], cfg)[0]
     assert (parts.answer, parts.format) == ((1.0, 0.0) if answer else (0.0, cfg.format_penalty))
+
+
+@pytest.mark.parametrize("which", ["hf", "vllm"])
+def test_the_last_turn_cannot_open_a_tool_call(which, hf_engine, vllm_synced):
+    # the tool model calls GET_CROPS on TOOL_Q; with one turn (no tool) that call is sampled and
+    # invalid unless the last turn's first token is masked (answer_last_turn, the default)
+    engine = hf_engine if which == "hf" else vllm_synced[0]
+    tokenizer = hf_engine.processor.tokenizer
+    samples, images = samples_and_images()
+    k = next(i for i, s in enumerate(samples) if s.question == TOOL_Q)
+    run = lambda settings: EpisodeRunner(engine, tokenizer, settings).run(  # noqa: E731
+        samples[k:k + 1], 1, GREEDY, images=images[k:k + 1])[0]
+    free = run(EpisodeSettings(max_turns=1, answer_last_turn=False))
+    start = free.action_mask.index(1)
+    assert free.invalid_tool_call == "tools-off" and free.token_ids[start] in tool_call_open_ids(tokenizer)
+    masked = run(EpisodeSettings(max_turns=1))
+    assert masked.token_ids[start] not in tool_call_open_ids(tokenizer)
+    assert masked.invalid_tool_call is None and masked.final_answer
+    # logprobs stay the raw model's: the token taken instead scores below the masked argmax
+    assert masked.logprobs[start] < free.logprobs[start]
+
+
+def test_episode_settings_follow_the_rollout_section():
+    rollout = RolloutConfig(low_res_scale=0.25, max_crops=2, max_turns=1, answer_last_turn=False)
+    assert EpisodeSettings.from_rollout(rollout, 1000) == EpisodeSettings(
+        0.25, 2, max_image_pixels=1000, max_turns=1, answer_last_turn=False)
 
 
 def test_sampling_is_seeded(hf_engine):

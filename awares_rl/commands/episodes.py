@@ -39,8 +39,7 @@ def run_episodes(recipe: str, overrides: list[str], n: int = 16, checkpoint: str
 
     samples = read_samples(data_file)[0][:n]
     engine = make_engine(cfg.rollout, cfg.model, model_dir, seed=cfg.run.seed)
-    runner = EpisodeRunner(engine, _tokenizer(engine), EpisodeSettings(cfg.rollout.low_res_scale, cfg.rollout.max_crops,
-                                                                 max_image_pixels=cfg.data.max_image_pixels))
+    runner = EpisodeRunner(engine, _tokenizer(engine), EpisodeSettings.from_rollout(cfg.rollout, cfg.data.max_image_pixels))
     sampling = SamplingConfig(cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.max_new_tokens)
     episodes: list[Episode] = []
     try:

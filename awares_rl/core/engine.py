@@ -18,6 +18,9 @@ class SamplingConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 24
+    # token ids the turn may not START with (masked at its first position only; logprobs stay the
+    # raw model's): the last turn's tool-call opening (``tokens.tool_call_open_ids``)
+    ban_first: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.temperature < 0:

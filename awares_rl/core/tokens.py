@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from PIL import Image
 
-from awares_rl.core.protocol import crops_user_message, first_turn_messages
+from awares_rl.core.protocol import crops_user_message, first_turn_messages, format_tool_call
 
 IMAGE_TOKEN = "<|image_pad|>"
 END_TOKEN = "<|im_end|>"
@@ -32,6 +32,12 @@ def forbidden_output_ids(tokenizer) -> list[int]:
     """Ids of FORBIDDEN_OUTPUT_TOKENS that the tokenizer knows."""
     ids = [tokenizer.convert_tokens_to_ids(t) for t in FORBIDDEN_OUTPUT_TOKENS]
     return [i for i in ids if i is not None and i != tokenizer.unk_token_id]
+
+
+def tool_call_open_ids(tokenizer) -> tuple[int, ...]:
+    """The token a GET_CROPS call opens with, as the policy writes it (the first id of
+    ``format_tool_call``'s text): masked at the start of the last turn, where no tool is offered."""
+    return (_ids(tokenizer, format_tool_call([0]))[0],)
 
 
 def _ids(tokenizer, text: str) -> list[int]:

@@ -29,6 +29,10 @@ class RolloutConfig:
     max_crops: int = 9  # a call naming more crops is invalid
     max_turns: int = 2  # 2: the AwaRes episode; 1: no crop tool, turn 1 is the answer and a call is
     # invalid ("tools-off"): plain single-turn GRPO on the low-res view (bench/bench_vs_trl.py)
+    # the last turn offers no tool (OpenAI's tool_choice="none"): its first token may not open a
+    # GET_CROPS call, so a second call cannot be sampled (rollout, eval, episodes); false: it is
+    # sampled and scored invalid ("second-call"), as the paper's eval counts it
+    answer_last_turn: bool = True
     prefix_caching: bool = True  # vLLM: turn 2 reuses turn 1's KV blocks
     enforce_eager: bool = True  # vLLM: skip torch.compile (faster start on CPU)
     max_model_len: int = 4096

@@ -75,6 +75,7 @@ class HFEngine:
             eos_token_id=self.eos_id,
             pad_token_id=self.pad_id,
             suppress_tokens=self.forbidden,
+            begin_suppress_tokens=list(sampling.ban_first) or None,  # the first new token only
             output_logits=True,
             return_dict_in_generate=True,
         )

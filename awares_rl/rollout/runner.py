@@ -1,12 +1,18 @@
 """EpisodeRunner: a batch of samples x G -> turn 1 on the low-res view -> parse GET_CROPS ->
 crops from the original image -> turn 2 -> typed Episodes. Batched across samples and turns.
-With ``max_turns=1`` (no crop tool) turn 1 is the answer and any call is invalid ("tools-off")."""
+With ``max_turns=1`` (no crop tool) turn 1 is the answer and any call is invalid ("tools-off").
+
+The last turn offers no tool (``answer_last_turn``, OpenAI's ``tool_choice="none"``): its first
+token may not open a GET_CROPS call, so a policy that has used its one call answers instead of
+calling again. A second call can never be served, and the format penalty it drew in GRPO also hit
+the valid first call of the same episode (one advantage for all its tokens): GRPO then unlearned
+cropping (README)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from PIL import Image
@@ -17,7 +23,7 @@ from awares_rl.core.episode import Episode
 from awares_rl.core.images import DEFAULT_MAX_PIXELS, ImageError, check_image, load_image
 from awares_rl.core.prompts import sample_question
 from awares_rl.core.protocol import ToolCallError, parse_answer, parse_tool_call
-from awares_rl.core.tokens import IMAGE_TOKEN, crops_turn_ids, first_turn_ids
+from awares_rl.core.tokens import IMAGE_TOKEN, crops_turn_ids, first_turn_ids, tool_call_open_ids
 
 
 @dataclass(frozen=True)
@@ -29,6 +35,13 @@ class EpisodeSettings:
     system_prompt: str | None = None  # None: protocol.SYSTEM_PROMPT
     max_image_pixels: int = DEFAULT_MAX_PIXELS  # data.max_image_pixels: larger images are refused
     max_turns: int = 2  # rollout.max_turns: 1 = no crop tool, turn 1 is the answer
+    answer_last_turn: bool = True  # rollout.answer_last_turn: the last turn may not open a tool call
+
+    @classmethod
+    def from_rollout(cls, rollout, max_image_pixels: int = DEFAULT_MAX_PIXELS) -> EpisodeSettings:
+        """The settings of a recipe's ``rollout`` section (rollout workers, eval, ``episodes``)."""
+        return cls(rollout.low_res_scale, rollout.max_crops, max_image_pixels=max_image_pixels,
+                   max_turns=rollout.max_turns, answer_last_turn=rollout.answer_last_turn)
 
 
 def parse_first_turn(text: str, max_crops: int = 9, max_turns: int = 2) -> list[int] | None:
@@ -53,6 +66,12 @@ class EpisodeRunner:
         self.engine, self.tokenizer = engine, tokenizer
         self.settings = settings or EpisodeSettings()
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        self.call_open_ids = tool_call_open_ids(tokenizer) if self.settings.answer_last_turn else ()
+
+    def _turn_sampling(self, sampling: SamplingConfig, turn: int) -> SamplingConfig:
+        """``sampling`` for turn ``turn`` (1-based): on the last turn, no tool call may open."""
+        last = turn == self.settings.max_turns
+        return replace(sampling, ban_first=self.call_open_ids) if last and self.call_open_ids else sampling
 
     def _new_episode(self, sample, image_size, g: int) -> Episode:
         return Episode(
@@ -87,7 +106,8 @@ class EpisodeRunner:
         A sample whose image cannot be used yields G episodes flagged with ``error`` (never a
         silent drop); a malformed tool call in turn 1, or any tool call in turn 2 ("second-call"),
         ends its episode without an answer and with ``invalid_tool_call`` set; a turn cut off at
-        ``max_new_tokens`` ends it with ``truncated``.
+        ``max_new_tokens`` ends it with ``truncated``. With ``answer_last_turn`` the last turn cannot
+        start a call (one that starts otherwise and calls later is still "second-call").
         """
         t0 = time.perf_counter()
         loaded = self._load(samples, images, root)
@@ -104,14 +124,14 @@ class EpisodeRunner:
                     ep.error = str(image)
                     continue
                 firsts.append((ep, i, GenRequest(list(prompt), [views[i][1]], seed=seed + len(episodes) - 1)))
-        outs1 = self.engine.generate([r for _, _, r in firsts], sampling)
+        outs1 = self.engine.generate([r for _, _, r in firsts], self._turn_sampling(sampling, 1))
         t1 = time.perf_counter()
         seconds = []
         for (ep, i, req), out in zip(firsts, outs1):
             follow = self._after_turn1(ep, views[i], req, out)
             if follow is not None:
                 seconds.append((ep, follow))
-        outs2 = self.engine.generate([r for _, r in seconds], sampling)
+        outs2 = self.engine.generate([r for _, r in seconds], self._turn_sampling(sampling, 2))
         for (ep, _), out2 in zip(seconds, outs2):
             self._after_turn2(ep, out2)
         t2 = time.perf_counter()

@@ -26,6 +26,8 @@ from awares_rl.core.engine import (
 )
 from awares_rl.core.tokens import END_TOKEN, forbidden_output_ids
 
+BAN_FIRST_KEY = "awares_ban_first"  # SamplingParams.extra_args key read by vllm_logits.BanFirst
+
 
 class WeightSyncExtension:
     """Mixed into vLLM's worker (``worker_extension_cls``); runs inside the engine process."""
@@ -65,7 +67,8 @@ class VLLMEngine:
             # make rollouts reproducible (and resume exact), so chunking goes instead.
             enable_chunked_prefill=False, max_num_batched_tokens=max(8192, max_model_len),
             limit_mm_per_prompt={"image": max_images},
-            worker_extension_cls="awares_rl.rollout.vllm_engine.WeightSyncExtension", **kwargs,
+            worker_extension_cls="awares_rl.rollout.vllm_engine.WeightSyncExtension",
+            logits_processors=["awares_rl.rollout.vllm_logits:BanFirst"], **kwargs,
         )
         self.tokenizer = self.llm.get_tokenizer()
         self.eos_id = self.tokenizer.convert_tokens_to_ids(END_TOKEN)
@@ -83,7 +86,8 @@ class VLLMEngine:
             SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p,
                            max_tokens=sampling.max_new_tokens, logprobs=0, seed=r.seed,
                            stop_token_ids=[self.eos_id], skip_special_tokens=False,
-                           logit_bias=self.forbidden)
+                           logit_bias=self.forbidden,
+                           extra_args={BAN_FIRST_KEY: list(sampling.ban_first)} if sampling.ban_first else None)
             for r in requests
         ]
         outs = self.llm.generate(prompts, params, use_tqdm=False)

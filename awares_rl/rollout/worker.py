@@ -37,9 +37,7 @@ class RolloutWorker:
         self.cfg = rollout
         self.engine = make_engine(rollout, model, model_path, seed=seed)
         tokenizer = self.engine.processor.tokenizer if hasattr(self.engine, "processor") else self.engine.tokenizer
-        settings = EpisodeSettings(rollout.low_res_scale, rollout.max_crops, max_image_pixels=max_image_pixels,
-                                   max_turns=rollout.max_turns)
-        self.runner = EpisodeRunner(self.engine, tokenizer, settings)
+        self.runner = EpisodeRunner(self.engine, tokenizer, EpisodeSettings.from_rollout(rollout, max_image_pixels))
         self.sampling = SamplingConfig(rollout.temperature, rollout.top_p, rollout.max_new_tokens)
 
     def run(self, samples: list, root: str, seed: int, group_size: int | None = None,
