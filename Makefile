@@ -20,7 +20,7 @@ sweep: venv  # after `make run`: reward-weight trials from its SFT model, the ac
 
 test: venv
 	$(VENV)/bin/lint-imports  # the layering (ARCHITECTURE.md), contracts in pyproject.toml
-	$(VENV)/bin/python -m pytest -q -m "not gpu" tests
+	$(VENV)/bin/python -m pytest -q -m "not gpu" --durations=25 tests
 
 bench: venv
 	$(VENV)/bin/python bench/bench_episodes.py
