@@ -24,6 +24,9 @@ class LearnerConfig:
     # the vision tower (ViT + merger) gets no gradient and no optimizer state, and GRPO's weight
     # sync sends only the language model (it is the start model's ViT everywhere)
     freeze_vision: bool = False
+    # a GRPO group's episodes share their prompt: run it once per group (learner/prefix.py; same
+    # logprobs). Off under gradient checkpointing (it drops the KV cache) and ZeRO-3.
+    share_prefix: bool = True
     sync_bucket_mb: float = 64.0  # GRPO weight sync: the learner puts its weights in buckets of about this size
 
     def __post_init__(self) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 import torch
 
 from awares_rl.learner.batch import MODEL_KEYS, model_inputs
+from awares_rl.learner.prefix import shared_prefix_logits
 
 
 def distinct_image_features(model, batch: Mapping[str, torch.Tensor]):
@@ -43,7 +44,7 @@ def default_targets(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
 
 
 def sequence_logprobs(
-    model, batch: Mapping[str, torch.Tensor], targets: torch.Tensor | None = None
+    model, batch: Mapping[str, torch.Tensor], targets: torch.Tensor | None = None, share_prefix: bool = False
 ) -> torch.Tensor:
     """``out[b, t] = log p(input_ids[b, t+1] | input_ids[b, :t+1], images)``, shape (B, T-1), float32.
 
@@ -51,6 +52,8 @@ def sequence_logprobs(
     others are 0. ``mm_token_type_ids`` from the batch is passed to the model (Qwen2.5-VL's
     multimodal rope needs it to place the tokens after an image). ``model`` may be a transformers
     model or a wrapper that forwards keyword arguments to it (a DeepSpeed engine).
+    ``share_prefix`` (a ``dedupe_images`` batch): rows that share their prompt run it once
+    (``awares_rl.learner.prefix``); same logprobs.
     """
     ids = batch["input_ids"]
     if targets is None:
@@ -59,8 +62,18 @@ def sequence_logprobs(
     keep = targets.any(0).nonzero().squeeze(-1)  # positions t whose logits are needed
     if keep.numel() == 0:
         return out
-    logits = model_forward(model, batch, use_cache=False, logits_to_keep=keep).logits  # (B, K, V)
-    picked = logits.gather(-1, ids[:, keep + 1].unsqueeze(-1)).squeeze(-1).float()
-    lse = torch.stack([torch.logsumexp(row.float(), dim=-1) for row in logits])
-    out[:, keep] = torch.where(targets[:, keep], picked - lse, 0.0)
+    if share_prefix and "image_index" in batch:
+        hf = getattr(model, "module", model)
+        features = distinct_image_features(model, batch)
+        parts = shared_prefix_logits(model, batch, targets, features, hf.config.image_token_id)
+    else:
+        parts = [(tuple(range(ids.shape[0])), keep,
+                  model_forward(model, batch, use_cache=False, logits_to_keep=keep).logits)]  # (B, K, V)
+    for rows, t, logits in parts:
+        if t.numel() == 0:
+            continue
+        r = torch.tensor(rows, device=ids.device)
+        picked = logits.gather(-1, ids[r][:, t + 1].unsqueeze(-1)).squeeze(-1).float()
+        lse = torch.stack([torch.logsumexp(row.float(), dim=-1) for row in logits])
+        out[r.unsqueeze(1), t.unsqueeze(0)] = torch.where(targets[r][:, t], picked - lse, 0.0)
     return out

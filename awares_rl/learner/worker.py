@@ -142,6 +142,13 @@ class LearnerWorker:
         zero3 = self.cfg.backend == "deepspeed" and self.cfg.zero_stage == 3
         return fast_vision(self.model) if self.device.type == "cpu" and not zero3 else contextlib.nullcontext()
 
+    @property
+    def _share_prefix(self) -> bool:
+        """``learner.share_prefix`` where it applies: not under gradient checkpointing (its layers
+        drop the KV cache the continuation reads) nor ZeRO-3 (parameters gathered per call)."""
+        zero3 = self.cfg.backend == "deepspeed" and self.cfg.zero_stage == 3
+        return self.cfg.share_prefix and not self.cfg.gradient_checkpointing and not zero3
+
     def _micro_batches(self, sequences: Sequence[TokenSequence]) -> tuple[list[dict[str, torch.Tensor]], list[int]]:
         """Collated on the CPU in ``batch_order`` (returned: sequence indices in batch order), each
         distinct image once per micro-batch; ``_aligned`` moves one at a time to the device."""
@@ -175,7 +182,8 @@ class LearnerWorker:
         self.model.train(train)
         with torch.set_grad_enabled(train), self._vision_speedups():
             for batch, real in self._aligned(batches):
-                logprobs = sequence_logprobs(self.backend.forward_model, batch, objective.targets(batch))
+                logprobs = sequence_logprobs(self.backend.forward_model, batch, objective.targets(batch),
+                                             share_prefix=self._share_prefix)
                 loss_sum, stats = objective(logprobs, batch)
                 if train:
                     self.backend.backward(loss_sum * (scale if real else 0.0))
@@ -225,7 +233,8 @@ class LearnerWorker:
         (batches, order), out = self._micro_batches(sequences), []
         with self._vision_speedups(), torch_threads_within(threads if self.device.type == "cpu" else None):
             for batch, real in self._aligned(batches):
-                lp = sequence_logprobs(self.backend.forward_model, batch, batch["loss_weights"][:, 1:] != 0)
+                lp = sequence_logprobs(self.backend.forward_model, batch, batch["loss_weights"][:, 1:] != 0,
+                                       share_prefix=self._share_prefix)
                 if real:
                     lengths = batch["attention_mask"].sum(1).tolist()
                     out += [[0.0] + row[: n - 1] for row, n in zip(lp.cpu().tolist(), lengths)]

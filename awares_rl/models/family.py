@@ -44,6 +44,15 @@ class ModelFamily:
         and every crop of the crop set are whole visual tokens."""
         return 2 * self.token_px
 
+    def rope_positions(self, model, batch) -> torch.Tensor:
+        """(3, B, T) M-RoPE positions of a collated batch (``input_ids``, ``attention_mask``,
+        ``mm_token_type_ids``, ``image_grid_thw`` per image): what the model's forward computes
+        for the whole sequences, so that passes over parts of them (``learner/prefix.py``) can
+        be given theirs. Both Qwen families take the same keywords."""
+        return model.model.get_rope_index(
+            input_ids=batch["input_ids"], mm_token_type_ids=batch["mm_token_type_ids"],
+            image_grid_thw=batch.get("image_grid_thw"), attention_mask=batch["attention_mask"])[0]
+
     def vision_tower(self, model) -> torch.nn.Module:
         """The vision encoder of a loaded model (``model.model.visual`` in both Qwen families)."""
         return model.model.visual
