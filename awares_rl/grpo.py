@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Hashable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -154,18 +155,29 @@ def select_groups(episodes: list[Episode], group_size: int, want: int, kept: lis
     return len(kept) >= want
 
 
-def minibatch_indices(n: int, mini_batches: int, epochs: int, seed: int) -> list[list[int]]:
+def minibatch_indices(n: int, mini_batches: int, epochs: int, seed: int,
+                      groups: Sequence[Hashable] | None = None) -> list[list[int]]:
     """Which of a step's ``n`` sequences each of its ``epochs * mini_batches`` optimizer steps takes.
 
     Each pass is a permutation of range(n) seeded by ``seed`` (the rollout order when
     ``mini_batches`` is 1), cut into ``mini_batches`` contiguous parts whose sizes differ by at
-    most one. It depends on the arguments only, so a resumed run takes exactly the same steps.
+    most one. With ``groups`` (a key per sequence: its GRPO group, e.g. the sample id) the
+    permutation moves whole groups, each kept together in rollout order, so that a part holds
+    whole groups wherever the sizes allow: the learner runs a group's shared prompt once
+    (``learner.share_prefix``), and a group split over two parts runs it twice, each time for
+    fewer rows. It depends on the arguments only, so a resumed run takes exactly the same steps.
     """
+    if groups is not None and len(groups) != n:
+        raise ValueError(f"minibatch_indices: {len(groups)} group keys for {n} sequences")
+    members: dict[Hashable, list[int]] = {}
+    for i in range(n):
+        members.setdefault(groups[i] if groups is not None else i, []).append(i)
+    units = list(members.values())
     gen = torch.Generator().manual_seed(seed)
     parts: list[list[int]] = []
     for _ in range(epochs):
-        order = torch.randperm(n, generator=gen).tolist() if mini_batches > 1 else list(range(n))
-        parts += split_evenly(order, mini_batches)
+        order = torch.randperm(len(units), generator=gen).tolist() if mini_batches > 1 else range(len(units))
+        parts += split_evenly([i for u in order for i in units[u]], mini_batches)
     return parts
 
 
@@ -374,12 +386,13 @@ class GRPOTrainer:
         for ep in drawn:  # the learner holds policy version ``step``
             ep.policy_lag = step - ep.policy_version
         adv = episode_advantages(episodes, self.cfg.rollout.group_size, g.adv_scale)
-        seqs = [episode_to_sequence(ep, float(a)) for ep, a in zip(episodes, adv) if ep.error is None]
+        kept = [(ep, a) for ep, a in zip(episodes, adv) if ep.error is None]
+        seqs = [episode_to_sequence(ep, float(a)) for ep, a in kept]
         ahead = None
         if g.async_rollout and step + 1 < g.steps and not self._saves(step):
             ahead = Ahead(lambda: self._collect_ahead(sampler, step + 1, reward), f"step {step + 2}'s rollouts")
         with self._learner_guard(step):
-            metrics = self._learn(learner, reference, seqs, step, timer)
+            metrics = self._learn(learner, reference, seqs, [ep.sample_id for ep, _ in kept], step, timer)
             nxt = None
             if ahead is not None:
                 with timer("rollout_wait"):  # the rollouts still running once the learner is done
@@ -439,14 +452,16 @@ class GRPOTrainer:
         """``ep`` answered right (``reward.correct`` on its R_ans)."""
         return ep.reward is not None and self.cfg.reward.correct(ep.reward.answer)
 
-    def _learn(self, learner: ActorGroup, reference: ActorGroup | None, seqs: list[TokenSequence], step: int,
-               timer: StageTimer) -> dict[str, float]:
+    def _learn(self, learner: ActorGroup, reference: ActorGroup | None, seqs: list[TokenSequence],
+               groups: list[str], step: int, timer: StageTimer) -> dict[str, float]:
         """The PPO update of one rollout batch: reference logprobs (KL), the learner's own logprobs
         (pi_old, frozen for the batch) of the sequences that ``needs_old_logprobs``, then
         ``ppo_epochs`` x ``mini_batches`` steps; returns their pooled metrics (``pool_steps``).
-        Before the first step ``old_logprobs`` equal the learner's detached logprobs: not computed."""
+        Before the first step ``old_logprobs`` equal the learner's detached logprobs: not computed.
+        ``groups``: each sequence's GRPO group (its sample id); the mini-batches take whole groups."""
         g = self.cfg.grpo
-        parts = minibatch_indices(len(seqs), g.mini_batches, g.ppo_epochs, sampling_seed(self.cfg.run.seed, step, 0))
+        parts = minibatch_indices(len(seqs), g.mini_batches, g.ppo_epochs, sampling_seed(self.cfg.run.seed, step, 0),
+                                  groups)
         old = [seqs[i] for i in needs_old_logprobs(parts, g.ppo_epochs)]
         # the reference's and the learner's passes run at once, on the cores split between them when
         # both would take them all (concurrent_threads); timed as the wait for the first, then the

@@ -6,6 +6,8 @@ batches of 8), with each of its savings switched on in turn, in one process:
     ordered — + ``batch_order`` (a group's episodes side by side, by length: less padding)
     dedupe  — + ``collate_sequences(dedupe_images=True)``: one vision pass per distinct image
     cached  — + ``PixelCache`` warm (a step's later passes: the images were processed before)
+    prefix  — + ``share_prefix``: a group's shared prompt runs once, its KV cache repeated
+              (``awares_rl.learner.prefix``; the recipe's default)
 
 Same loss in every variant (checked here to 1e-5; tests/test_lean_learner.py checks the gradients).
 Episodes come from the transformers engine (``rollout.backend=hf``) on synthetic samples.
@@ -36,8 +38,9 @@ from awares_rl.workspace import ensure_data
 from data_pipeline.datasets import read_samples
 
 SFT_MODEL = "runs/tiny_cpu/models/sft"
-VARIANTS = {"plain": (False, False, False), "ordered": (True, False, False), "dedupe": (True, True, False),
-            "cached": (True, True, True)}  # (batch_order, dedupe_images, warm PixelCache)
+VARIANTS = {"plain": (False, False, False, False), "ordered": (True, False, False, False),
+            "dedupe": (True, True, False, False), "cached": (True, True, True, False),
+            "prefix": (True, True, True, True)}  # (batch_order, dedupe_images, warm PixelCache, share_prefix)
 
 
 def episodes(model_dir: Path, seed: int = 0) -> tuple:
@@ -50,7 +53,7 @@ def episodes(model_dir: Path, seed: int = 0) -> tuple:
     return engine.processor, eps
 
 
-def one_pass(model, processor, seqs, micro: int, ordered: bool, dedupe: bool, cache) -> dict:
+def one_pass(model, processor, seqs, micro: int, ordered: bool, dedupe: bool, cache, share: bool = False) -> dict:
     """Forward + backward over ``seqs`` in micro-batches (no optimizer step): seconds, loss, padding."""
     objective = PPOClip(tis_cap=2.0)
     order = batch_order(seqs) if ordered else random.Random(1).sample(range(len(seqs)), len(seqs))
@@ -58,7 +61,7 @@ def one_pass(model, processor, seqs, micro: int, ordered: bool, dedupe: bool, ca
     t0, loss_sum, padded, patches = time.perf_counter(), 0.0, 0, 0
     for i in range(0, len(seqs), micro):
         batch = collate_sequences(seqs[i:i + micro], processor, dedupe_images=dedupe, cache=cache)
-        loss, _ = objective(sequence_logprobs(model, batch, objective.targets(batch)), batch)
+        loss, _ = objective(sequence_logprobs(model, batch, objective.targets(batch), share_prefix=share), batch)
         loss.backward()
         loss_sum += float(loss.detach())
         padded += int((batch["attention_mask"] == 0).sum())
@@ -88,8 +91,8 @@ def main() -> None:
     one_pass(model, processor, seqs, 8, True, True, warm)  # warm-up (and fills the cache)
     runs = {name: [] for name in VARIANTS}
     for _ in range(args.repeats):  # interleaved, so that load changes hit every variant alike
-        for name, (ordered, dedupe, cached) in VARIANTS.items():
-            runs[name].append(one_pass(model, processor, seqs, 8, ordered, dedupe, warm if cached else None))
+        for name, (ordered, dedupe, cached, share) in VARIANTS.items():
+            runs[name].append(one_pass(model, processor, seqs, 8, ordered, dedupe, warm if cached else None, share))
     losses = [r["loss_sum"] for rs in runs.values() for r in rs]
     if max(losses) - min(losses) > 1e-5 * max(1.0, abs(losses[0])):
         raise SystemExit(f"the variants' losses differ: {losses}")

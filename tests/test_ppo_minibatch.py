@@ -114,6 +114,24 @@ def test_dr_grpo_fixed_max_len_does_not_depend_on_the_split() -> None:
 # ---------------------------------------------------------------------------- the mini-batch split
 
 
+def test_minibatch_indices_keep_groups_whole() -> None:
+    groups = [k for k in "abcdef" for _ in range(4)]  # 6 groups of G=4, in rollout order
+    parts = minibatch_indices(24, 3, 2, seed=7, groups=groups)
+    assert len(parts) == 6 and [len(p) for p in parts] == [8] * 6
+    for e in range(2):
+        assert sorted(i for p in parts[3 * e:3 * e + 3] for i in p) == list(range(24))
+    for p in parts:  # each part is two whole groups, each in rollout order
+        keys = [groups[i] for i in p]
+        assert len(set(keys)) == 2 and all(keys.count(k) == 4 for k in set(keys))
+        assert p == sorted(p[:4]) + sorted(p[4:])
+    assert minibatch_indices(24, 3, 2, seed=7, groups=groups) == parts
+    assert parts[:3] != parts[3:]  # another permutation of the groups each epoch
+    odd = minibatch_indices(10, 2, 1, seed=1, groups=list("aaabbbbccc"))  # sizes 5 / 5: one group is cut
+    assert sorted(odd[0] + odd[1]) == list(range(10)) and [len(p) for p in odd] == [5, 5]
+    with pytest.raises(ValueError, match="3 group keys for 4 sequences"):
+        minibatch_indices(4, 2, 1, seed=0, groups=["a", "a", "b"])
+
+
 def test_minibatch_indices_partition_each_epoch_deterministically() -> None:
     parts = minibatch_indices(10, 3, 2, seed=7)
     assert [len(p) for p in parts] == [4, 3, 3, 4, 3, 3]

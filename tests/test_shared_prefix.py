@@ -45,8 +45,10 @@ def test_shared_prefix_equals_padded_batch(family):
     plan = prefix_plan(batch["input_ids"], batch["attention_mask"].sum(1).tolist(), targets, runs,
                        batch["image_index"].tolist())
     cut = plan[0].end
-    assert [(p.rows, p.prefix_of) for p in plan] == [((0,), (0, 1, 2, 3, 4)), ((0, 1, 2, 3, 4), ()), ((5,), ())]
-    assert plan[1].start == cut and bool(targets[0, cut - 1]) and not targets[0, : cut - 1].any()
+    # the prompt once; its continuations in a pass per number of crops (0, 2 and 1 here)
+    assert [(p.rows, p.prefix_of, p.after) for p in plan] == [
+        ((0,), (0, 1, 2, 3, 4), -1), ((0, 2), (), 0), ((1, 4), (), 0), ((3,), (), 0), ((5,), (), -1)]
+    assert plan[1].start == plan[2].start == plan[3].start == cut and bool(targets[0, cut - 1]) and not targets[0, : cut - 1].any()
     plain_lp, plain_g = logprobs_and_grads(model, batch, share=False)
     shared_lp, shared_g = logprobs_and_grads(model, batch, share=True)
     assert (plain_lp != 0).sum() == targets.sum() and plain_lp.abs().max() > 0.1

@@ -220,14 +220,15 @@ def collate_sequences(sequences: Sequence[TokenSequence], processor, dedupe_imag
 
 def batch_order(sequences: Sequence[TokenSequence]) -> list[int]:
     """An order of ``sequences`` for micro-batching: those sharing a first image (a GRPO group's
-    low-res view) side by side, so that a micro-batch runs the vision tower once for them, and by
-    length within (little padding); direct answers before those with crops."""
+    low-res view) side by side, so that a micro-batch runs the vision tower and the group's shared
+    prompt once for them (``learner.prefix``); within a group direct answers before those with
+    crops, by length (little padding)."""
     keys: dict[int, bytes] = {}
 
     def key(i: int) -> tuple:
         s = sequences[i]
         first = keys.setdefault(id(s.images[0]), image_key(s.images[0])) if s.images else b""
-        return len(s.images), first, len(s.token_ids)
+        return first, len(s.images), len(s.token_ids)
 
     return sorted(range(len(sequences)), key=key)
 

@@ -7,7 +7,9 @@ logprobs and gradients equal to 1e-5); gradients from the G continuations add up
 prompt pass, as they do on the one vision pass of a ``dedupe_images`` batch.
 
 Plan (``prefix_plan``): rows whose tokens before their first target are identical (same ids,
-same images) form a group; a row alone runs with the other lone rows in one plain pass.
+same images) form a group; its continuations run in one pass per number of images after the
+prompt (direct answers apart from crop episodes: little padding); a row alone runs with the
+other lone rows in one plain pass.
 """
 
 from __future__ import annotations
@@ -22,12 +24,14 @@ import torch
 @dataclass(frozen=True)
 class Pass:
     """One model call over ``rows`` of the batch, token positions [start, end); ``prefix_of``:
-    the rows that continue this (one-row) prefix pass, from its KV cache."""
+    the rows that continue this (one-row) prefix pass, from its KV cache; ``after``: the row
+    whose prefix pass a continuation pass continues (-1: none)."""
 
     rows: tuple[int, ...]
     start: int
     end: int
     prefix_of: tuple[int, ...] = ()
+    after: int = -1
 
 
 def image_runs(ids: torch.Tensor, image_token_id: int) -> list[tuple[int, int, int]]:
@@ -68,7 +72,11 @@ def prefix_plan(ids: torch.Tensor, lengths: list[int], targets: torch.Tensor, ru
             lone += rows
             continue
         passes.append(Pass((rows[0],), 0, cut, prefix_of=tuple(rows)))
-        passes.append(Pass(tuple(rows), cut, max(lengths[r] for r in rows)))
+        shapes: dict[int, list[int]] = {}  # images after the prompt -> rows
+        for r in rows:
+            shapes.setdefault(sum(1 for (rr, s, _) in runs if rr == r and s >= cut), []).append(r)
+        for part in shapes.values():
+            passes.append(Pass(tuple(part), cut, max(lengths[r] for r in part), after=rows[0]))
     if lone:
         lone.sort()
         passes.append(Pass(tuple(lone), 0, max(lengths[r] for r in lone)))
@@ -90,6 +98,15 @@ def _select_images(features, runs: list[tuple[int, int, int]], p: Pass):
     return out, index
 
 
+def _repeated(cache, n: int):
+    """A new cache holding ``n`` copies of the one-row ``cache`` (which stays as it is, for the
+    prefix's other continuation passes); gradients flow back to its tensors."""
+    out = copy.copy(cache)
+    out.layers = [copy.copy(layer) for layer in cache.layers]
+    out.batch_repeat_interleave(n)  # each copied layer takes new, repeated tensors
+    return out
+
+
 def shared_prefix_logits(model, batch: Mapping[str, torch.Tensor], targets: torch.Tensor, features,
                          image_token_id: int) -> list[tuple[tuple[int, ...], torch.Tensor, torch.Tensor]]:
     """Logits of the target positions of a ``dedupe_images`` batch through ``prefix_plan``'s
@@ -103,7 +120,7 @@ def shared_prefix_logits(model, batch: Mapping[str, torch.Tensor], targets: torc
     lengths = mask.sum(1).tolist()
     positions = family_of(hf).rope_positions(hf, batch)  # (3, B, T): the full sequences' M-RoPE
     plan = prefix_plan(ids, lengths, targets, runs, batch["image_index"].tolist() if "image_index" in batch else [])
-    out, caches = [], {}
+    out, caches = [], {}  # the one-row KV cache of each prefix pass, by its row
     grids = batch.get("image_grid_thw")
     for p in plan:
         rows = torch.tensor(p.rows)
@@ -112,7 +129,7 @@ def shared_prefix_logits(model, batch: Mapping[str, torch.Tensor], targets: torc
             keep = torch.tensor([p.end - 1 - p.start])
         images, index = _select_images(features, runs, p)
         kwargs = {"mm_encoder_outputs": {"image": images}, "image_grid_thw": grids[index]} if images else {}
-        cache = caches.pop(p.rows, None) if not p.prefix_of else None
+        cache = _repeated(caches[p.after], len(p.rows)) if p.after >= 0 else None
         span = torch.ones(len(p.rows), p.start, dtype=mask.dtype) if cache is not None else mask[rows, :0]
         res = model(input_ids=ids[rows, p.start:p.end],
                     attention_mask=torch.cat([span.to(mask.device), mask[rows, p.start:p.end]], 1),
@@ -121,9 +138,7 @@ def shared_prefix_logits(model, batch: Mapping[str, torch.Tensor], targets: torc
                     past_key_values=cache, use_cache=bool(p.prefix_of), logits_to_keep=keep.to(ids.device),
                     **kwargs)
         if p.prefix_of:
-            cache = res.past_key_values
-            cache.batch_repeat_interleave(len(p.prefix_of))
-            caches[p.prefix_of] = cache
+            caches[p.rows[0]] = res.past_key_values
             logits = res.logits.expand(len(p.prefix_of), -1, -1)
             out.append((p.prefix_of, keep + p.start, logits))
         else:

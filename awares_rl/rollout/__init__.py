@@ -46,6 +46,7 @@ def make_engine(rollout, model, model_path: str | Path, seed: int = 0) -> Engine
                 enforce_eager=rollout.enforce_eager, seed=seed, kv_cache_gib=rollout.kv_cache_gib,
                 image_size=processor_size(model_path, model),
                 gpu_memory_utilization=rollout.gpu_memory_utilization, device=device,
+                idle_spin_s=rollout.vllm_idle_spin_s,
             )
         if not rollout.fallback_to_hf:
             raise RuntimeError(

@@ -35,6 +35,9 @@ class RolloutConfig:
     answer_last_turn: bool = True
     prefix_caching: bool = True  # vLLM: turn 2 reuses turn 1's KV blocks
     enforce_eager: bool = True  # vLLM: skip torch.compile (faster start on CPU)
+    # vLLM's worker busy-waits this long after each request before it sleeps (vLLM's own: 1 s, a
+    # core taken from the learner after every rollout; vllm_engine.py). null: vLLM's default
+    vllm_idle_spin_s: float | None = 0.05
     max_model_len: int = 4096
     kv_cache_gib: int = 1  # vLLM CPU KV cache size
     device: Literal["auto", "cpu", "cuda"] = "auto"  # the engine's device; auto: CUDA when torch sees a GPU
@@ -60,6 +63,8 @@ class RolloutConfig:
                 "> 0 seconds (a stuck worker fails the step after this long)")
         require(self.cpus_per_worker > 0, "rollout.cpus_per_worker", self.cpus_per_worker, "> 0")
         require(self.threads >= -1, "rollout.threads", self.threads, THREADS_HELP)
+        require(self.vllm_idle_spin_s is None or 0 <= self.vllm_idle_spin_s <= 10, "rollout.vllm_idle_spin_s",
+                self.vllm_idle_spin_s, "in [0, 10] seconds, or null for vLLM's own 1 s")
         require(self.gpus_per_worker >= 0, "rollout.gpus_per_worker", self.gpus_per_worker, ">= 0")
         require(self.device in ("auto", "cpu", "cuda"), "rollout.device", self.device, "one of auto, cpu, cuda")
         require(0 < self.gpu_memory_utilization <= 1, "rollout.gpu_memory_utilization", self.gpu_memory_utilization,

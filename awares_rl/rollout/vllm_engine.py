@@ -5,10 +5,20 @@ through ``reload_weights`` (not ``load_weights``, which breaks on CPU-packed wei
 the prefix cache and the encoder cache are reset (otherwise image embeddings of the old weights
 are reused). Tensors travel as a safetensors file in /dev/shm (or a temp dir) since raw tensors do
 not survive vLLM's msgpack RPC.
+
+Idle workers: vLLM's worker process busy-waits (``sched_yield``) for 1 s after each request it
+reads (``shm_broadcast.SpinCondition``, ``busy_loop_s=1``), so each ``generate`` leaves a core
+spinning for a second — on a machine whose cores the reference and the learner take next, that
+second is theirs (measured: the learner's 2 optimizer steps took 0.94 s beside a spinning vLLM
+worker, 0.45 s beside the transformers engine). ``idle_spin_s`` (``rollout.vllm_idle_spin_s``)
+shortens it: decode steps arrive far faster than 0.05 s, so generation keeps its spin, and the
+worker sleeps on its socket soon after the last one (``quiet_idle_workers``).
 """
 
 from __future__ import annotations
 
+import inspect
+import logging
 import os
 import tempfile
 import time
@@ -27,10 +37,43 @@ from awares_rl.core.engine import (
 from awares_rl.core.tokens import END_TOKEN, forbidden_output_ids
 
 BAN_FIRST_KEY = "awares_ban_first"  # SamplingParams.extra_args key read by vllm_logits.BanFirst
+IDLE_SPIN_ENV = "AWARES_VLLM_IDLE_SPIN_S"  # VLLMEngine -> its worker processes (they inherit the env)
+
+log = logging.getLogger(__name__)
+
+
+def quiet_idle_workers() -> float | None:
+    """In a vLLM worker process: readers of its request queue busy-wait ``$AWARES_VLLM_IDLE_SPIN_S``
+    seconds after a read instead of vLLM's 1 s; the new default, or None where the variable is unset.
+    Runs when the worker imports this module (``worker_extension_cls``), before it creates its
+    queue. A vLLM whose ``SpinCondition`` lacks ``busy_loop_s`` keeps its own (logged)."""
+    value = os.environ.get(IDLE_SPIN_ENV)
+    if value is None:
+        return None
+    try:
+        from vllm.distributed.device_communicators.shm_broadcast import SpinCondition
+    except ImportError as e:  # another vLLM layout: keep its spin
+        log.warning("vLLM has no shm_broadcast.SpinCondition (%s): %s not applied", e, IDLE_SPIN_ENV)
+        return None
+    names = list(inspect.signature(SpinCondition.__init__).parameters)
+    if names[-1:] != ["busy_loop_s"] or len(SpinCondition.__init__.__defaults__ or ()) != 1:
+        log.warning("vLLM's SpinCondition takes %s, not a last busy_loop_s: %s not applied", names, IDLE_SPIN_ENV)
+        return None
+    SpinCondition.__init__.__defaults__ = (float(value),)
+    return float(value)
+
+
+quiet_idle_workers()
 
 
 class WeightSyncExtension:
     """Mixed into vLLM's worker (``worker_extension_cls``); runs inside the engine process."""
+
+    def awares_idle_spin_s(self) -> float | None:
+        """The busy-wait after a read that this worker's queues were created with (tests)."""
+        from vllm.distributed.device_communicators.shm_broadcast import SpinCondition
+
+        return (SpinCondition.__init__.__defaults__ or (None,))[0]
 
     def awares_load_weights(self, path: str) -> int:
         from safetensors.torch import load_file
@@ -50,10 +93,16 @@ class VLLMEngine:
     def __init__(self, model_path: str, dtype: str = "float32", max_model_len: int = 4096,
                  max_images: int = 10, prefix_caching: bool = True, enforce_eager: bool = True,
                  seed: int = 0, gpu_memory_utilization: float = 0.5, kv_cache_gib: int = 1,
-                 device: str = "auto", image_size: dict[str, int] | None = None) -> None:
+                 device: str = "auto", image_size: dict[str, int] | None = None,
+                 idle_spin_s: float | None = 0.05) -> None:
         """``image_size``: the image processor's ``size`` (``models.processor_size``), None for the
-        checkpoint's own."""
+        checkpoint's own. ``idle_spin_s``: how long the worker busy-waits after a request (None:
+        vLLM's 1 s; module docstring)."""
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
+        if idle_spin_s is None:
+            os.environ.pop(IDLE_SPIN_ENV, None)
+        else:
+            os.environ[IDLE_SPIN_ENV] = str(idle_spin_s)
         from vllm import LLM  # lazy: vLLM is an optional extra
 
         kwargs = {"mm_processor_kwargs": {"size": image_size}} if image_size else {}
