@@ -53,8 +53,9 @@ def image_runs(ids: torch.Tensor, image_token_id: int) -> list[tuple[int, int, i
 def prefix_plan(ids: torch.Tensor, lengths: list[int], targets: torch.Tensor, runs: list[tuple[int, int, int]],
                 image_index: list[int]) -> list[Pass]:
     """The passes of a batch: per group of >= 2 rows sharing the tokens (and images) before their
-    first target, a prefix pass (its first row) and a continuation pass (all of them); the other
-    rows in one plain pass. A row with no target, or an image run across the cut, is a lone row."""
+    first target, a prefix pass (its first row) and a continuation pass per number of images
+    after the prompt (``after``: that first row); the other rows in one plain pass. A row with no
+    target, or an image run across the cut, is a lone row."""
     first = targets.float().argmax(1).tolist()  # logit position of the first target
     keys: dict[tuple, list[int]] = {}
     lone = []
