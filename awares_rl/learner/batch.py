@@ -72,16 +72,21 @@ class TokenSequence:
         return sum(w != 0 for w in self.loss_weights[1:])
 
 
-def _image_runs(ids: Sequence[int], image_token_id: int) -> list[int]:
-    """Lengths of the runs of image pads in ``ids``, in order."""
-    runs: list[int] = []
+def image_spans(ids: Sequence[int], image_token_id: int) -> list[tuple[int, int]]:
+    """[start, end) of each run of image pads in ``ids``, in order."""
+    spans: list[tuple[int, int]] = []
     for i, t in enumerate(ids):
         if t == image_token_id:
             if i and ids[i - 1] == image_token_id:
-                runs[-1] += 1
+                spans[-1] = (spans[-1][0], i + 1)
             else:
-                runs.append(1)
-    return runs
+                spans.append((i, i + 1))
+    return spans
+
+
+def _image_runs(ids: Sequence[int], image_token_id: int) -> list[int]:
+    """Lengths of the runs of image pads in ``ids``, in order."""
+    return [end - start for start, end in image_spans(ids, image_token_id)]
 
 
 def _pad(rows: Sequence[Sequence[float]], width: int, value: float, dtype: torch.dtype) -> torch.Tensor:

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
+from awares_rl.learner.batch import image_spans
+
 
 @dataclass(frozen=True)
 class Pass:
@@ -36,18 +38,7 @@ class Pass:
 
 def image_runs(ids: torch.Tensor, image_token_id: int) -> list[tuple[int, int, int]]:
     """(row, start, end) of every run of image pads, row-major: the order of a batch's images."""
-    runs = []
-    for r, row in enumerate((ids == image_token_id).tolist()):
-        t = 0
-        while t < len(row):
-            if row[t]:
-                s = t
-                while t < len(row) and row[t]:
-                    t += 1
-                runs.append((r, s, t))
-            else:
-                t += 1
-    return runs
+    return [(r, s, e) for r, row in enumerate(ids.tolist()) for s, e in image_spans(row, image_token_id)]
 
 
 def prefix_plan(ids: torch.Tensor, lengths: list[int], targets: torch.Tensor, runs: list[tuple[int, int, int]],
@@ -120,7 +111,7 @@ def shared_prefix_logits(model, batch: Mapping[str, torch.Tensor], targets: torc
     runs = image_runs(ids, image_token_id)
     lengths = mask.sum(1).tolist()
     positions = family_of(hf).rope_positions(hf, batch)  # (3, B, T): the full sequences' M-RoPE
-    plan = prefix_plan(ids, lengths, targets, runs, batch["image_index"].tolist() if "image_index" in batch else [])
+    plan = prefix_plan(ids, lengths, targets, runs, batch["image_index"].tolist())
     out, caches = [], {}  # the one-row KV cache of each prefix pass, by its row
     grids = batch.get("image_grid_thw")
     for p in plan:

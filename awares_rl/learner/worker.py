@@ -134,20 +134,22 @@ class LearnerWorker:
     def model(self):
         return self.backend.module
 
+    @property
+    def _zero3(self) -> bool:
+        return self.cfg.backend == "deepspeed" and self.cfg.zero_stage == 3
+
     def _vision_speedups(self):
         """On CPU, the vision tower's batched window attention and linear patch embedding for the
         block (``fast_vision``: same math, fewer kernel calls); on GPU the configured attention.
         Not under ZeRO-3: its parameters are gathered by each module's own forward hooks, and the
         linear patch embedding reads ``proj.weight`` without calling ``proj``."""
-        zero3 = self.cfg.backend == "deepspeed" and self.cfg.zero_stage == 3
-        return fast_vision(self.model) if self.device.type == "cpu" and not zero3 else contextlib.nullcontext()
+        return fast_vision(self.model) if self.device.type == "cpu" and not self._zero3 else contextlib.nullcontext()
 
     @property
     def _share_prefix(self) -> bool:
         """``learner.share_prefix`` where it applies: not under gradient checkpointing (its layers
         drop the KV cache the continuation reads) nor ZeRO-3 (parameters gathered per call)."""
-        zero3 = self.cfg.backend == "deepspeed" and self.cfg.zero_stage == 3
-        return self.cfg.share_prefix and not self.cfg.gradient_checkpointing and not zero3
+        return self.cfg.share_prefix and not self.cfg.gradient_checkpointing and not self._zero3
 
     def _micro_batches(self, sequences: Sequence[TokenSequence]) -> tuple[list[dict[str, torch.Tensor]], list[int]]:
         """Collated on the CPU in ``batch_order`` (returned: sequence indices in batch order), each
