@@ -67,6 +67,10 @@ class SynthConfig:
     # image origin, so every patch sees the same phase: one fixed template per class, learnt in
     # tens of steps (random phases took hundreds).
     large_cell: int = 7
+    # The dark half of a 1-px texture (small and medium tiers) as a fraction of its colour (large
+    # textures: render.DARK = 0.3). Below 0.3 its low-res tint is darker than any large texture's
+    # mean: the 0.5 view shows THAT a fine detail is there, not which one (README, issue #10).
+    fine_dark: float = 0.3
     edge_taper: int = 3  # px over which a small texture fades to its mean at the swatch border,
     #                      so that the border of the low-res view leaks no orientation
     shape_min_frac: float = 0.45  # side of a shape mark as a fraction of its panel's short side
@@ -165,6 +169,8 @@ class SynthConfig:
                 "SynthConfig.shape_min_frac / shape_max_frac must satisfy 0.2 <= min <= max <= "
                 f"0.85; got {self.shape_min_frac}, {self.shape_max_frac}"
             )
+        if not 0 <= self.fine_dark < 1:
+            raise ValueError(f"SynthConfig.fine_dark = {self.fine_dark} must be in [0, 1) (0.3: as large textures)")
         if self.large_cell < 2:
             raise ValueError(
                 f"SynthConfig.large_cell = {self.large_cell} must be >= 2, or large patterns "

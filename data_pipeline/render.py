@@ -76,13 +76,14 @@ def draw_pattern(
     cell: int,
     phase: tuple[int, int],
     edge_taper: int = 0,
+    dark: float = DARK,
 ) -> Box:
-    """Fill ``box`` with a ``colour`` / dark ``colour`` texture; with ``edge_taper`` the contrast fades to the
+    """Fill ``box`` with a ``colour`` / ``dark`` x ``colour`` texture; with ``edge_taper`` the contrast fades to the
     texture's mean near the border (so the low-res border carries no orientation)."""
     x1, y1, x2, y2 = box
     mask = pattern_mask(kind, y2 - y1, x2 - x1, cell, phase)[..., None]
     hi = np.asarray(colour, float)
-    lo = hi * DARK
+    lo = hi * dark
     tex = np.where(mask, hi, lo)
     amp = taper(y2 - y1, x2 - x1, edge_taper)[..., None]
     mean = (hi + lo) / 2

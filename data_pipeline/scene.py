@@ -134,7 +134,7 @@ def fill_pattern(canvas, rng, panel, colour, tier, cfg) -> tuple[str, list[Box],
     # texture is one fixed template per class that a patch embedding learns linearly.
     phase = (box[1], box[0])
     taper = cfg.edge_taper if small else 0
-    render.draw_pattern(canvas, box, kind, colour, cell, phase, taper)
+    render.draw_pattern(canvas, box, kind, colour, cell, phase, taper, cfg.fine_dark if small else render.DARK)
     if tier != "medium":
         return kind, [box], tier == "large"
     others = [p for p in PATTERNS if p != kind]

@@ -146,6 +146,31 @@ def test_medium_tier_reads_right_at_low_res_only_sometimes():
     assert 0.2 < seen["medium_wrong"] / seen["medium"] < 0.6  # medium_echo_truth = 0.6
 
 
+def _low_res_brightness(image: Image.Image, box) -> float:
+    x1, y1, x2, y2 = (v // 2 for v in box)
+    return float(np.asarray(low_res_view(image)).astype(float)[y1 + 4 : y2 - 4, x1 + 4 : x2 - 4].mean())
+
+
+@pytest.mark.parametrize("fine_dark", [0.3, 0.0])
+def test_fine_dark_darkens_the_low_res_tint_of_fine_textures_only(fine_dark):
+    cfg = SynthConfig(small_detail_share=0.4, medium_detail_share=0.2, fine_dark=fine_dark)
+    rel = {"small": [], "medium": [], "large": []}
+    for sample, image in _scenes("train", 40, cfg):
+        panel, box = sample.meta["panels"][sample.meta["panel"]], sample.evidence_boxes[0]
+        colour = float(np.mean(PALETTE[panel["colour"]]))
+        rel[sample.meta["tier"]].append(_low_res_brightness(image, box) / colour)
+        low = read_texture(low_res_view(image), box, 0.5)
+        if sample.meta["tier"] == "small":  # still unreadable at low res, read at full res
+            assert low is None and read_texture(image, box, 1.0) == sample.answers[0]
+        if sample.meta["tier"] == "medium":  # the echo still decides the low-res reading
+            assert low is not None and (low == sample.answers[0]) == (not sample.needs_high_res)
+    assert all(rel.values())
+    large = np.mean(rel["large"])
+    assert abs(large - 0.65) < 0.03  # (1 + DARK) / 2 whatever fine_dark is
+    for tier in ("small", "medium"):  # (1 + fine_dark) / 2, less for the echo's clipping
+        assert abs(np.mean(rel[tier]) - (1 + fine_dark) / 2) < 0.05, tier
+
+
 def test_resume_keeps_existing_and_fills_the_rest(tmp_path):
     path = generate(tmp_path, 5, progress=False)
     first = path.read_text().splitlines()
@@ -194,6 +219,7 @@ def test_loads_as_hf_dataset(tmp_path):
         ({"small_detail_share": 0.6, "medium_detail_share": 0.6}, "medium_detail_share"),
         ({"medium_echo_truth": 1.5}, "medium_echo_truth"),
         ({"medium_echo_cell": 3}, "medium_echo_cell"),
+        ({"fine_dark": 1.0}, "fine_dark"),
         ({"min_side": 640, "max_side": 448}, "min_side"),
     ],
 )
