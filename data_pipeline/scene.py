@@ -8,6 +8,8 @@ Design (why a tiny VLM learns it in minutes; measurements in data_pipeline/READM
     checker), anchored to the image origin so that each 14-px ViT patch sees one fixed template.
   - Small tier: 1-px cells (period 2), which the 0.5 low-res view averages to a flat tint
     (``needs_high_res = True``); large tier: the same textures with 7-px cells, readable at low res.
+    ``fine_dark`` below 0.3 draws 1-px textures darker than large ones, so that tint shows THAT a
+    fine detail is there (not which): with equal means the tiny model read it as one class.
   - Medium tier: the small tier's 1-px texture under a faint 2-px "echo" that survives the 0.5
     view; the echo shows the answer's class with probability ``medium_echo_truth`` and another
     class otherwise (``needs_high_res`` = the echo is wrong). The low-res view reads it right only
