@@ -69,8 +69,10 @@ class SynthConfig:
     large_cell: int = 7
     # The dark half of a 1-px texture (small and medium tiers) as a fraction of its colour (large
     # textures: render.DARK = 0.3). Below 0.3 its low-res tint is darker than any large texture's
-    # mean: the 0.5 view shows THAT a fine detail is there, not which one (README, issue #10).
-    fine_dark: float = 0.3
+    # mean: the 0.5 view shows THAT a fine detail is there, not which one. At 0.3 (as large ones)
+    # the tiny model read every fine tint as "vertical" and GRPO cropped large vertical
+    # textures with them (README, issue #10).
+    fine_dark: float = 0.0
     edge_taper: int = 3  # px over which a small texture fades to its mean at the swatch border,
     #                      so that the border of the low-res view leaks no orientation
     shape_min_frac: float = 0.45  # side of a shape mark as a fraction of its panel's short side
