@@ -241,11 +241,15 @@ def run_trl(mode: str, model_dir: Path, data: Path, steps: int) -> dict:
     import torch
     from trl import GRPOConfig, GRPOTrainer
 
+    from awares_rl.core.tokens import forbidden_output_ids
     from awares_rl.models import load_policy, load_processor
 
     torch.set_num_threads(THREADS)
     clock = Clock()
     processor, crop = load_processor(model_dir), mode == "crop"
+    # per turn, as ours; and never the ids our engines mask (forbidden_output_ids): TRL 1.16's tool
+    # loop reads a sampled <|video_pad|> as a video token and Qwen3-VL's rope index then crashes
+    generation = {"max_new_tokens": NEW_TOKENS, "suppress_tokens": forbidden_output_ids(processor.tokenizer)}
     tool_kwargs = {}
     if crop:  # one GET_CROPS call, then the answer; completion budget: two turns plus the crops' turn
         processor.chat_template = processor.tokenizer.chat_template = CROP_CHAT_TEMPLATE
@@ -256,7 +260,7 @@ def run_trl(mode: str, model_dir: Path, data: Path, steps: int) -> dict:
         per_device_train_batch_size=MICRO, gradient_accumulation_steps=PROMPTS * GROUP // MICRO // MINI_BATCHES,
         steps_per_generation=PROMPTS * GROUP // MICRO, num_generations=GROUP,
         max_completion_length=NEW_TOKENS if not crop else CROP_COMPLETION_TOKENS, max_tool_calling_iterations=1,
-        generation_kwargs={"max_new_tokens": NEW_TOKENS},  # per turn, as ours
+        generation_kwargs=generation,
         temperature=1.0, top_p=1.0, learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0,
         max_grad_norm=1.0, beta=BETA, epsilon=CLIP_LOW, epsilon_high=CLIP_HIGH, scale_rewards="none",
         loss_type="bnpo", max_steps=steps * MINI_BATCHES, logging_steps=1, report_to="none",
