@@ -38,6 +38,14 @@ class SynthConfig:
     side_step: int = 64
     small_detail_share: float = 0.08  # share of questions whose detail is too small for low res
     medium_detail_share: float = 0.10  # share whose low-res view is right only sometimes (pattern)
+    # Tiers are dealt in blocks of ``tier_block`` consecutive sample indices: each block holds
+    # exactly small_detail_share x tier_block small and medium_detail_share x tier_block medium
+    # questions, in a seeded order. Every split of a multiple of tier_block samples then holds the
+    # configured shares exactly, and fresh splits differ in their images, not in how many fine
+    # details they ask about (drawn independently, a 200-sample split's fine share spread by
+    # +-2.7 points, which moved an exact-crop policy's RTR by +-0.007; README, issue #10).
+    # 0: each sample draws its tier independently. Sample i's tier never depends on the split size.
+    tier_block: int = 50
     medium_echo_cell: int = 2  # cell (px) of the medium tier's echo: period 4, 2 in the 0.5 view
     medium_echo_strength: float = 0.3  # relative brightness swing of the echo (the 1-px texture: 0.7)
     medium_echo_truth: float = 0.6  # probability that the echo shows the answer's class
@@ -128,6 +136,15 @@ class SynthConfig:
                 f"SynthConfig.small_detail_share ({self.small_detail_share}) and "
                 f"medium_detail_share ({self.medium_detail_share}) must be >= 0 and sum to <= 1"
             )
+        for name in ("small_detail_share", "medium_detail_share"):
+            per_block = getattr(self, name) * self.tier_block
+            if abs(per_block - round(per_block)) > 1e-6:
+                raise ValueError(
+                    f"SynthConfig.{name} = {getattr(self, name)} x tier_block ({self.tier_block}) "
+                    f"= {per_block:g} questions a block must be a whole number: use a multiple of "
+                    f"1/{self.tier_block} as the share, another tier_block, or tier_block = 0 "
+                    "(independent draws)"
+                )
         if self.medium_detail_share > 0 and self.pattern_weight <= 0:
             raise ValueError(
                 f"SynthConfig.medium_detail_share = {self.medium_detail_share} > 0 needs the "

@@ -23,6 +23,7 @@ Design (why a tiny VLM learns it in minutes; measurements in data_pipeline/READM
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 
 import numpy as np
 from PIL import Image
@@ -64,27 +65,53 @@ def sample_id(split: str, index: int) -> str:
     return f"{split}-{index:06d}"
 
 
-def draw_tier(rng: np.random.Generator, cfg: SynthConfig) -> str:
-    """"small" with probability ``small_detail_share``, "medium" with ``medium_detail_share``,
-    else "large"."""
-    u = rng.random()
-    if u < cfg.small_detail_share:
-        return "small"
-    return "medium" if u < cfg.small_detail_share + cfg.medium_detail_share else "large"
-
-
 def tier_families(tier: str) -> tuple[str, ...] | None:
     """Families that have ``tier`` (None: all of them)."""
     return {"small": SMALL_TIER_FAMILIES, "medium": MEDIUM_TIER_FAMILIES}.get(tier)
 
 
-def draw_kind(rng: np.random.Generator, cfg: SynthConfig) -> tuple[str, str]:
-    """(family, tier) of the question; the family is drawn among those that have the tier."""
-    weights, tier = cfg.family_weights(), draw_tier(rng, cfg)
-    allowed = tier_families(tier)
+def tier_of(u: float, cfg: SynthConfig) -> str:
+    """"small" for ``u`` below ``small_detail_share``, "medium" below the two shares' sum, else
+    "large" (``u`` uniform in [0, 1): the independent draw)."""
+    if u < cfg.small_detail_share:
+        return "small"
+    return "medium" if u < cfg.small_detail_share + cfg.medium_detail_share else "large"
+
+
+def draw_tier(rng: np.random.Generator, cfg: SynthConfig) -> str:
+    """An independent tier draw (a distractor panel's detail)."""
+    return tier_of(rng.random(), cfg)
+
+
+@lru_cache(maxsize=64)
+def block_tiers(seed: int, split: str, block: int, cfg: SynthConfig) -> tuple[str, ...]:
+    """The asked tiers of samples ``block * tier_block`` .. ``(block + 1) * tier_block - 1``: the
+    block's quota of small and medium questions (the shares x ``tier_block``) in a seeded order."""
+    n = cfg.tier_block
+    small, medium = round(cfg.small_detail_share * n), round(cfg.medium_detail_share * n)
+    tiers = ["small"] * small + ["medium"] * medium + ["large"] * (n - small - medium)
+    digest = hashlib.sha256(f"awares-synth/v1/{seed}/{split}/tiers/{block}".encode()).digest()
+    order = np.random.default_rng(int.from_bytes(digest[:8], "little")).permutation(n)
+    return tuple(tiers[i] for i in order)
+
+
+def asked_tier(rng: np.random.Generator, seed: int, split: str, index: int, cfg: SynthConfig) -> str:
+    """The tier of sample ``index``'s question: its block's quota (``cfg.tier_block``), or an
+    independent draw when ``tier_block`` is 0. One draw of ``rng`` either way, so the rest of a
+    sample (size, colours, layout, texture) is the same under both."""
+    u = rng.random()
+    if not cfg.tier_block:
+        return tier_of(u, cfg)
+    block, position = divmod(index, cfg.tier_block)
+    return block_tiers(seed, split, block, cfg)[position]
+
+
+def draw_kind(rng: np.random.Generator, cfg: SynthConfig, tier: str) -> str:
+    """The question's family, drawn among those that have ``tier``."""
+    weights, allowed = cfg.family_weights(), tier_families(tier)
     names = [f for f, w in weights.items() if w > 0 and (allowed is None or f in allowed)]
     p = np.array([weights[f] for f in names], float)
-    return str(rng.choice(names, p=p / p.sum())), tier
+    return str(rng.choice(names, p=p / p.sum()))
 
 
 def distractor_tier(rng: np.random.Generator, family: str, cfg: SynthConfig) -> str:
@@ -228,7 +255,8 @@ def make_scene(seed: int, split: str, index: int, cfg: SynthConfig) -> tuple[Sam
     """
     rng = np.random.default_rng(sample_seed(seed, split, index))
     width, height = image_size(rng, cfg)
-    family, tier_asked = draw_kind(rng, cfg)
+    tier_asked = asked_tier(rng, seed, split, index, cfg)
+    family = draw_kind(rng, cfg, tier_asked)
     colours = [str(c) for c in rng.choice(list(PALETTE), size=4, replace=False)]
     drawn = sorted(int(q) for q in rng.choice(4, size=cfg.panels, replace=False))
     target = int(rng.integers(0, cfg.panels))  # index into ``drawn``

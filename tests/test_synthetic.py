@@ -106,10 +106,26 @@ def test_low_res_loses_small_details_and_keeps_large_ones():
 def test_tier_shares_and_sizes_follow_the_config():
     scenes = _scenes("train", 300, SynthConfig())
     tiers = [s.meta["tier"] for s, _ in scenes]
-    assert 0.04 < tiers.count("small") / 300 < 0.13  # default 0.08
-    assert 0.06 < tiers.count("medium") / 300 < 0.15  # default 0.10
+    for start in range(0, 300, 50):  # every block of tier_block (50) holds the shares exactly
+        block = tiers[start : start + 50]
+        assert (block.count("small"), block.count("medium")) == (4, 5)  # 0.08 and 0.10 of 50
+    assert tiers[:50] != tiers[50:100]  # in a seeded order, not one fixed pattern
+    assert [s.meta["tier"] for s, _ in _scenes("test", 50, SynthConfig())] != tiers[:50]
     for _, im in scenes:  # Qwen3-VL's 32-px tokens: sides multiples of 64
         assert 448 <= im.width <= 640 and 448 <= im.height <= 640 and im.width % 64 == 0
+
+
+def test_tier_block_zero_draws_each_tier_independently():
+    """tier_block 0: the shares hold on average only; every other draw of a sample is the same."""
+    free, dealt = SynthConfig(tier_block=0), SynthConfig()
+    pairs = list(zip(_scenes("train", 300, free), _scenes("train", 300, dealt)))
+    tiers = [a.meta["tier"] for (a, _), _ in pairs]
+    assert 0.04 < tiers.count("small") / 300 < 0.13 and 0.06 < tiers.count("medium") / 300 < 0.15
+    assert any(a.meta["tier"] != b.meta["tier"] for (a, _), (b, _) in pairs)
+    for (a, ia), (b, ib) in pairs:
+        assert (a.meta["width"], a.meta["height"], a.meta["layout"]) == (b.meta["width"], b.meta["height"], b.meta["layout"])
+        if a.meta["tier"] == b.meta["tier"]:  # same tier: the same image, byte for byte
+            assert ia.tobytes() == ib.tobytes() and a.answers == b.answers
 
 
 def read_texture(image: Image.Image, box, scale: float) -> str | None:
@@ -217,6 +233,7 @@ def test_loads_as_hf_dataset(tmp_path):
         ({"pattern_weight": 0.0, "colour_weight": 1.0, "medium_detail_share": 0.0}, "small_detail_share"),
         ({"pattern_weight": 0.0, "colour_weight": 1.0, "small_detail_share": 0.0}, "medium_detail_share"),
         ({"small_detail_share": 0.6, "medium_detail_share": 0.6}, "medium_detail_share"),
+        ({"small_detail_share": 0.07}, "tier_block"),
         ({"medium_echo_truth": 1.5}, "medium_echo_truth"),
         ({"medium_echo_cell": 3}, "medium_echo_cell"),
         ({"fine_dark": 1.0}, "fine_dark"),
