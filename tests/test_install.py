@@ -5,7 +5,7 @@ pip runs ``--isolated`` (this machine's find-links, extra indexes and global con
 builds and are ignored) with ``fast-deps`` (wheel metadata by HTTP range requests: the CUDA wheels
 are GBs). flash-attn is left out of both resolutions: PyPI has only its sdist, whose metadata
 build imports torch and CUDA; its own requirements are torch and einops. Skipped, saying so,
-where PyPI cannot be reached. ~2-3 min each on a fast network.
+where PyPI cannot be reached. ~2-3 min each on a fast network; the two run at once.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import os
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -58,20 +60,37 @@ def without_flash_attn(reqs: list[str]) -> list[str]:
     return [r for r in reqs if not r.replace("_", "-").lower().startswith("flash-attn")]
 
 
-def test_gpu_stack_resolves(tmp_path):
+def gpu_stack(tmp: Path) -> dict[str, str]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     reqs = without_flash_attn(project["dependencies"] + project["optional-dependencies"]["gpu"])
-    got = dry_run(tmp_path, "constraints-gpu.txt", reqs)
+    return dry_run(tmp, "constraints-gpu.txt", reqs)
+
+
+def openrlhf_environment(tmp: Path) -> dict[str, str]:
+    meta = dry_run(tmp, "constraints-openrlhf.txt", ["openrlhf==0.11.2"], "--no-deps")
+    assert meta == {"openrlhf": "0.11.2"}
+    report = json.loads((tmp / "r.json").read_text())
+    needs = [r for r in report["install"][0]["metadata"]["requires_dist"] if "extra ==" not in r]
+    return dry_run(tmp, "constraints-openrlhf.txt", without_flash_attn(needs) + ["vllm==0.31.0"])
+
+
+@pytest.fixture(scope="module")
+def resolved(tmp_path_factory) -> Iterator[dict[str, Future]]:
+    """Both resolutions at once (pip waits on the network most of the time): {name: Future}."""
+    pool = ThreadPoolExecutor(max_workers=2)
+    jobs = {"gpu": gpu_stack, "openrlhf": openrlhf_environment}
+    yield {name: pool.submit(job, tmp_path_factory.mktemp(name)) for name, job in jobs.items()}
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+def test_gpu_stack_resolves(resolved):
+    got = resolved["gpu"].result(timeout=1800)
     want = {"torch": "2.13.0", "torchvision": "0.28.0", "transformers": "5.19.0", "vllm": "0.32.0",
             "ray": "2.60.0", "deepspeed": "0.19.8"}
     assert {k: got.get(k) for k in want} == want  # the CUDA torch: no "+cpu" local version
 
 
-def test_openrlhf_environment_resolves(tmp_path):
-    meta = dry_run(tmp_path, "constraints-openrlhf.txt", ["openrlhf==0.11.2"], "--no-deps")
-    assert meta == {"openrlhf": "0.11.2"}
-    report = json.loads((tmp_path / "r.json").read_text())
-    needs = [r for r in report["install"][0]["metadata"]["requires_dist"] if "extra ==" not in r]
-    got = dry_run(tmp_path, "constraints-openrlhf.txt", without_flash_attn(needs) + ["vllm==0.31.0"])
+def test_openrlhf_environment_resolves(resolved):
+    got = resolved["openrlhf"].result(timeout=1800)
     want = {"torch": "2.13.0", "transformers": "5.15.0", "vllm": "0.31.0", "ray": "2.55.0", "deepspeed": "0.19.6"}
     assert {k: got.get(k) for k in want} == want
