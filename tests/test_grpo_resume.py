@@ -168,8 +168,9 @@ def test_reaper_kills_what_a_killed_actor_spawned(monkeypatch):
 def test_kill9_then_resume_matches_uninterrupted_run(tmp_path, tool_model_dir):
     straight = GRPORun(tmp_path, "straight", tool_model_dir)
     killed = GRPORun(tmp_path, "killed", tool_model_dir)
-    try:  # the two runs side by side (each its own Ray cluster): their start-ups overlap
+    try:
         straight.start()
+        straight.wait()
         killed.start()
         # kill once a step after the checkpoint has been logged: the resumed run must continue
         # from the checkpoint, drop that step's row and log it again
@@ -182,7 +183,6 @@ def test_kill9_then_resume_matches_uninterrupted_run(tmp_path, tool_model_dir):
         resumed_from, logged = killed.checkpoint_step(), killed.logged_steps()
         assert resumed_from == 2 < logged
         killed.start()
-        straight.wait()
         killed.wait()
     finally:
         straight.cleanup()
