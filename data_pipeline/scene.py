@@ -57,7 +57,12 @@ _MARGIN = 6  # px between a detail and its panel's border
 
 def sample_seed(seed: int, split: str, index: int) -> int:
     """64-bit seed of sample ``index`` of ``split``: a hash, so splits draw disjoint streams."""
-    digest = hashlib.sha256(f"awares-synth/v1/{seed}/{split}/{index}".encode()).digest()
+    return stream_seed(seed, split, index)
+
+
+def stream_seed(*parts: object) -> int:
+    """64-bit seed hashed from ``parts`` ("awares-synth/v1/" + parts joined by "/")."""
+    digest = hashlib.sha256("/".join(("awares-synth/v1", *map(str, parts))).encode()).digest()
     return int.from_bytes(digest[:8], "little")
 
 
@@ -90,8 +95,7 @@ def block_tiers(seed: int, split: str, block: int, cfg: SynthConfig) -> tuple[st
     n = cfg.tier_block
     small, medium = round(cfg.small_detail_share * n), round(cfg.medium_detail_share * n)
     tiers = ["small"] * small + ["medium"] * medium + ["large"] * (n - small - medium)
-    digest = hashlib.sha256(f"awares-synth/v1/{seed}/{split}/tiers/{block}".encode()).digest()
-    order = np.random.default_rng(int.from_bytes(digest[:8], "little")).permutation(n)
+    order = np.random.default_rng(stream_seed(seed, split, "tiers", block)).permutation(n)
     return tuple(tiers[i] for i in order)
 
 
