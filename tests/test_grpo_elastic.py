@@ -44,6 +44,7 @@ OVERRIDES = [
     "data.n_train=8", "data.n_val=2", "data.n_test=2", "rollout.backend=hf", f"rollout.group_size={G}",
     "rollout.max_new_tokens=12", f"grpo.prompts_per_step={P}", "grpo.lr=1e-3", "grpo.kl_coef=0",
     "grpo.save_every=0", "learner.backend=torch", "learner.use_ray=false", "logging.wandb=false",
+    "grpo.dynamic_sampling=false",  # one rollout batch a step (the recipe draws up to 4): the counts below are per batch
 ]  # fmt: skip
 ELASTIC = ("rollout/workers_lost", "rollout/reissued_prompts")  # what a kill may change
 
